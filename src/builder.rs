@@ -1,0 +1,223 @@
+//! Configuration: the builder, the retry policy and their defaults, checked
+//! once in [`Builder::build`] so lock calls never meet a bad setting.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use redis::{ConnectionInfo, IntoConnectionInfo, RedisError};
+
+use crate::node::{Node, Scripts};
+use crate::redlock::{Inner, Redlock};
+use crate::Error;
+
+/// How [`Redlock::acquire`] retries a failed attempt. Each retry is a whole
+/// new attempt with a new token and a new start time.
+///
+/// The wait before a retry is `delay` plus a random share of `jitter`, so
+/// clients that failed together do not retry together.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetryPolicy {
+    attempts: u32,
+    delay: Duration,
+    jitter: Duration,
+    max_wait: Option<Duration>,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            attempts: 10,
+            delay: Duration::from_millis(100),
+            jitter: Duration::from_millis(100),
+            max_wait: None,
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// The default policy: 10 attempts, 100 ms delay, up to 100 ms jitter,
+    /// no overall limit.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A single attempt: `acquire` behaves like `try_acquire`.
+    pub fn none() -> Self {
+        Self::default().attempts(1)
+    }
+
+    /// Attempts in total, including the first. Default: 10. Zero is read as 1.
+    #[must_use]
+    pub fn attempts(mut self, attempts: u32) -> Self {
+        self.attempts = attempts.max(1);
+        self
+    }
+
+    /// Fixed wait between attempts. Default: 100 ms.
+    #[must_use]
+    pub fn delay(mut self, delay: Duration) -> Self {
+        self.delay = delay;
+        self
+    }
+
+    /// Upper bound of the random extra wait added to `delay`. Default: 100 ms.
+    #[must_use]
+    pub fn jitter(mut self, jitter: Duration) -> Self {
+        self.jitter = jitter;
+        self
+    }
+
+    /// Overall limit on the time `acquire` may spend, attempts and waits
+    /// included: no retry starts once it would begin past this limit.
+    /// Default: none (only `attempts` limits it).
+    #[must_use]
+    pub fn max_wait(mut self, max_wait: Option<Duration>) -> Self {
+        self.max_wait = max_wait;
+        self
+    }
+
+    pub(crate) fn max_attempts(&self) -> u32 {
+        self.attempts
+    }
+
+    pub(crate) fn limit(&self) -> Option<Duration> {
+        self.max_wait
+    }
+
+    /// The wait before the next attempt, jitter included.
+    pub(crate) fn backoff(&self) -> Duration {
+        let jitter_ns = u64::try_from(self.jitter.as_nanos()).unwrap_or(u64::MAX);
+        let extra = if jitter_ns == 0 {
+            0
+        } else {
+            rand::random_range(0..=jitter_ns)
+        };
+        self.delay.saturating_add(Duration::from_nanos(extra))
+    }
+}
+
+/// Builds a [`Redlock`]. Create one with [`Redlock::builder`].
+#[derive(Debug)]
+#[must_use]
+pub struct Builder {
+    nodes: Vec<Result<ConnectionInfo, RedisError>>,
+    retry: RetryPolicy,
+    node_timeout: Duration,
+    connect_timeout: Duration,
+    drift_factor: f64,
+    drift_floor: Duration,
+    key_prefix: String,
+}
+
+impl Default for Builder {
+    fn default() -> Self {
+        Self {
+            nodes: Vec::new(),
+            retry: RetryPolicy::default(),
+            node_timeout: Duration::from_millis(50),
+            connect_timeout: Duration::from_secs(1),
+            drift_factor: 0.01,
+            drift_floor: Duration::from_millis(2),
+            key_prefix: String::new(),
+        }
+    }
+}
+
+impl Builder {
+    /// The Redis nodes, as anything `redis` accepts as an address
+    /// (`"redis://host:port/db"`, a `ConnectionInfo`, ...). They must be
+    /// independent masters, not replicas of each other. Default: none; at
+    /// least one is required.
+    ///
+    /// Use an odd number: an even number adds no fault tolerance over one
+    /// node fewer (4 nodes need 3 votes and survive one failure, like 3).
+    pub fn nodes<I>(mut self, nodes: I) -> Self
+    where
+        I: IntoIterator,
+        I::Item: IntoConnectionInfo,
+    {
+        self.nodes = nodes
+            .into_iter()
+            .map(IntoConnectionInfo::into_connection_info)
+            .collect();
+        self
+    }
+
+    /// How `acquire` retries. Default: [`RetryPolicy::default`].
+    pub fn retry(mut self, retry: RetryPolicy) -> Self {
+        self.retry = retry;
+        self
+    }
+
+    /// How long one attempt waits for any node's reply before counting it as
+    /// unknown. It is clamped to a tenth of each lock's TTL, and a TTL must be
+    /// longer than this plus the drift allowance. Default: 50 ms.
+    pub fn node_timeout(mut self, timeout: Duration) -> Self {
+        self.node_timeout = timeout;
+        self
+    }
+
+    /// Limit for opening a TCP connection to a node (at start-up and after
+    /// a node comes back). Default: 1 s.
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// Clock drift allowance subtracted from every validity:
+    /// `ttl * factor + floor`. Default: `0.01` and 2 ms.
+    pub fn drift(mut self, factor: f64, floor: Duration) -> Self {
+        self.drift_factor = factor;
+        self.drift_floor = floor;
+        self
+    }
+
+    /// Text put in front of every resource name to form its Redis key. Other
+    /// Redlock clients exclude each other only when they use the same key:
+    /// pottery, for example, writes `redlock:<name>`. Default: empty (the key
+    /// is the resource name as given).
+    pub fn key_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.key_prefix = prefix.into();
+        self
+    }
+
+    /// Checks the settings and opens a connection to each node. A node that
+    /// is down does not fail the build: it counts as unknown until it answers.
+    ///
+    /// # Errors
+    /// [`Error::Config`] for an empty node list, a zero node timeout or a
+    /// drift factor outside `0.0..1.0`; [`Error::InvalidNode`] for an
+    /// address that cannot be parsed.
+    pub async fn build(self) -> Result<Redlock, Error> {
+        if self.nodes.is_empty() {
+            return Err(Error::Config("no Redis nodes were given"));
+        }
+        if self.node_timeout.is_zero() {
+            return Err(Error::Config("node timeout must be more than zero"));
+        }
+        if self.connect_timeout.is_zero() {
+            return Err(Error::Config("connect timeout must be more than zero"));
+        }
+        if !(0.0..1.0).contains(&self.drift_factor) {
+            return Err(Error::Config("drift factor must be in 0.0..1.0"));
+        }
+        let mut nodes = Vec::with_capacity(self.nodes.len());
+        for (index, info) in self.nodes.into_iter().enumerate() {
+            let node = info
+                .and_then(|info| Node::new(info, self.connect_timeout))
+                .map_err(|source| Error::InvalidNode { index, source })?;
+            nodes.push(node);
+        }
+        let warm = futures::future::join_all(nodes.iter().map(Node::warm_up));
+        let _ = tokio::time::timeout(self.connect_timeout, warm).await;
+        Ok(Redlock::from_inner(Arc::new(Inner {
+            nodes: nodes.into(),
+            scripts: Scripts::new(),
+            retry: self.retry,
+            node_timeout: self.node_timeout,
+            drift_factor: self.drift_factor,
+            drift_floor: self.drift_floor,
+            key_prefix: self.key_prefix,
+        })))
+    }
+}

@@ -1,0 +1,52 @@
+//! Fault-tolerant distributed locks across N independent Redis nodes, with
+//! the Redlock algorithm, for tokio services.
+//!
+//! A [`Redlock`] sends `SET key token NX PX ttl` to every node at once and
+//! holds the lock when a majority (`N / 2 + 1`) agreed while validity was
+//! left: `ttl - elapsed - drift`, with drift `1% of ttl + 2 ms`. The returned
+//! [`Lock`] knows its [`deadline`](Lock::deadline); it can be
+//! [extended](Lock::extend) and is released on every node with an atomic
+//! compare-and-delete, also when it is simply dropped. One node (N = 1) is
+//! the classic single-instance Redis lock.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), quorumlock::Error> {
+//! use std::time::Duration;
+//! use quorumlock::{Redlock, RetryPolicy};
+//!
+//! let redlock = Redlock::builder()
+//!     .nodes(["redis://127.0.0.1:7001", "redis://127.0.0.1:7002", "redis://127.0.0.1:7003"])
+//!     .retry(RetryPolicy::new().attempts(20))
+//!     .build()
+//!     .await?;
+//! let mut lock = redlock.acquire("invoice:42", Duration::from_secs(10)).await?;
+//! // ... work, checking lock.remaining() ...
+//! lock.extend(Duration::from_secs(10)).await?;
+//! lock.release().await?;
+//! # Ok(()) }
+//! ```
+//!
+//! # Guarantees and their limits
+//! * Mutual exclusion holds while at most a minority of nodes fail, and only
+//!   until [`Lock::deadline`]: a holder paused past its deadline (GC, swap, a
+//!   stopped VM) is no longer protected. Guard the resource itself with a
+//!   check of the lock, or a fencing token, when that matters.
+//! * A node that restarts without persistence forgets its locks. Restart it
+//!   only after the longest TTL in use has passed, or run it with
+//!   `appendfsync always`.
+//! * Clocks may drift by the allowance (1% + 2 ms by default), no more.
+//! * An even number of nodes is allowed but adds no fault tolerance.
+#![deny(missing_docs)]
+#![forbid(unsafe_code)]
+
+mod builder;
+mod error;
+mod lock;
+mod node;
+mod quorum;
+mod redlock;
+
+pub use builder::{Builder, RetryPolicy};
+pub use error::Error;
+pub use lock::Lock;
+pub use redlock::Redlock;

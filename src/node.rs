@@ -1,0 +1,135 @@
+//! One Redis node: its self-healing connection and the three calls a lock
+//! makes on it. Every call returns a [`Reply`] instead of an error, because a
+//! node that fails is a missing vote, not a reason to stop the attempt.
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{ConnectionInfo, ErrorKind, RedisError, Script, Value};
+
+use crate::quorum::Reply;
+
+/// The Lua scripts, hashed once per manager and sent by EVALSHA (falling
+/// back to loading them after a node restart forgot them).
+pub(crate) struct Scripts {
+    release: Script,
+    extend: Script,
+}
+
+impl Scripts {
+    pub(crate) fn new() -> Self {
+        Self {
+            release: Script::new(include_str!("scripts/release.lua")),
+            extend: Script::new(include_str!("scripts/extend.lua")),
+        }
+    }
+}
+
+/// A connection to one node. `ConnectionManager` is a cheap clone around a
+/// multiplexed connection that reconnects by itself, so no lock guards it.
+#[derive(Clone)]
+pub(crate) struct Node {
+    conn: ConnectionManager,
+}
+
+impl Node {
+    /// Creates the connection lazily: a node that is down at start-up counts
+    /// as unknown until it comes back, and does not fail the build.
+    pub(crate) fn new(
+        info: ConnectionInfo,
+        connect_timeout: std::time::Duration,
+    ) -> Result<Self, RedisError> {
+        let client = redis::Client::open(info)?;
+        let config = ConnectionManagerConfig::new()
+            // Deadlines belong to the lock algorithm, not to the transport:
+            // a reply that arrives late must still be seen so its key can be
+            // cleaned up.
+            .set_response_timeout(None)
+            .set_connection_timeout(Some(connect_timeout))
+            // Fail a connection attempt at once and try again on the next
+            // call, instead of queueing calls behind a backoff loop.
+            .set_number_of_retries(0);
+        let conn = ConnectionManager::new_lazy_with_config(client, config)?;
+        Ok(Self { conn })
+    }
+
+    /// Opens the connection now, so the first lock does not pay for it.
+    pub(crate) async fn warm_up(&self) {
+        let mut conn = self.conn.clone();
+        let _: Result<Value, _> = redis::cmd("PING").query_async(&mut conn).await;
+    }
+
+    /// `SET key token NX PX ttl_ms`.
+    pub(crate) async fn set_nx_px(&self, key: &str, token: &str, ttl_ms: u64) -> Reply {
+        let mut conn = self.conn.clone();
+        let reply = redis::cmd("SET")
+            .arg(key)
+            .arg(token)
+            .arg("NX")
+            .arg("PX")
+            .arg(ttl_ms)
+            .query_async::<Value>(&mut conn)
+            .await;
+        match reply {
+            Ok(Value::Okay) => Reply::Yes,
+            Ok(Value::Nil) => Reply::No,
+            Ok(other) => Reply::Failed(unexpected(other)),
+            Err(e) => classify(e),
+        }
+    }
+
+    /// Compare-and-delete: `Yes` when our key was deleted.
+    pub(crate) async fn release(&self, scripts: &Scripts, key: &str, token: &str) -> Reply {
+        let mut conn = self.conn.clone();
+        let reply = scripts
+            .release
+            .key(key)
+            .arg(token)
+            .invoke_async::<i64>(&mut conn)
+            .await;
+        script_reply(reply)
+    }
+
+    /// Compare-and-expire: `Yes` when our key now lives `ttl_ms` more.
+    pub(crate) async fn extend(
+        &self,
+        scripts: &Scripts,
+        key: &str,
+        token: &str,
+        ttl_ms: u64,
+    ) -> Reply {
+        let mut conn = self.conn.clone();
+        let reply = scripts
+            .extend
+            .key(key)
+            .arg(token)
+            .arg(ttl_ms)
+            .invoke_async::<i64>(&mut conn)
+            .await;
+        script_reply(reply)
+    }
+}
+
+fn script_reply(reply: Result<i64, RedisError>) -> Reply {
+    match reply {
+        Ok(1) => Reply::Yes,
+        Ok(_) => Reply::No,
+        Err(e) => classify(e),
+    }
+}
+
+/// An error the server answered with is a refusal we report; anything else
+/// (refused connection, dropped connection, I/O) means we do not know.
+fn classify(e: RedisError) -> Reply {
+    if matches!(e.kind(), ErrorKind::Server(_)) {
+        Reply::Failed(e)
+    } else {
+        Reply::Unknown(Some(e))
+    }
+}
+
+fn unexpected(value: Value) -> RedisError {
+    RedisError::from((
+        ErrorKind::UnexpectedReturnType,
+        "unexpected reply to SET NX PX",
+        format!("{value:?}"),
+    ))
+}

@@ -1,0 +1,426 @@
+//! The lock manager: validates a request, fans it out to every node at once,
+//! lets [`quorum`](crate::quorum) decide, and makes sure that whatever the
+//! outcome (or a cancelled caller) nothing is left locked.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::stream::FuturesUnordered;
+use futures::{Future, StreamExt};
+use tokio::time::Instant;
+
+use crate::builder::{Builder, RetryPolicy};
+use crate::lock::Lock;
+use crate::node::{Node, Scripts};
+use crate::quorum::{self, Decision, Reply, Tally, Until};
+use crate::Error;
+
+/// Shared by a [`Redlock`] and every lock it hands out.
+pub(crate) struct Inner {
+    pub(crate) nodes: Arc<[Node]>,
+    pub(crate) scripts: Scripts,
+    pub(crate) retry: RetryPolicy,
+    pub(crate) node_timeout: Duration,
+    pub(crate) drift_factor: f64,
+    pub(crate) drift_floor: Duration,
+    pub(crate) key_prefix: String,
+}
+
+/// Whether a lock's keys are being or have been removed. Late `SET` replies
+/// look at it to decide whether they must clean up after themselves.
+#[derive(Default)]
+pub(crate) struct Released(AtomicBool);
+
+impl Released {
+    /// Marks the lock released; `true` if this call was the first to do so.
+    pub(crate) fn mark(&self) -> bool {
+        !self.0.swap(true, Ordering::SeqCst)
+    }
+
+    pub(crate) fn is_set(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// A lock manager over N independent Redis nodes. Cheap to clone; clones
+/// share connections.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), quorumlock::Error> {
+/// use std::time::Duration;
+/// use quorumlock::Redlock;
+///
+/// let redlock = Redlock::builder()
+///     .nodes(["redis://127.0.0.1:7001", "redis://127.0.0.1:7002", "redis://127.0.0.1:7003"])
+///     .build()
+///     .await?;
+/// let lock = redlock.acquire("invoice:42", Duration::from_secs(10)).await?;
+/// // ... work while lock.remaining() is comfortably above zero ...
+/// lock.release().await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Redlock {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Redlock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Redlock")
+            .field("nodes", &self.inner.nodes.len())
+            .field("quorum", &self.quorum())
+            .field("key_prefix", &self.inner.key_prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Redlock {
+    /// Starts configuring a manager; see [`Builder`] for the settings and
+    /// their defaults.
+    pub fn builder() -> Builder {
+        Builder::default()
+    }
+
+    pub(crate) fn from_inner(inner: Arc<Inner>) -> Self {
+        Self { inner }
+    }
+
+    /// Number of nodes.
+    pub fn node_count(&self) -> usize {
+        self.inner.nodes.len()
+    }
+
+    /// Votes needed for a lock: `nodes / 2 + 1`.
+    pub fn quorum(&self) -> usize {
+        quorum::quorum(self.inner.nodes.len())
+    }
+
+    /// The Redis key a resource is stored under: the key prefix followed by
+    /// the resource name, unchanged.
+    pub fn key(&self, resource: &str) -> String {
+        let mut key = String::with_capacity(self.inner.key_prefix.len() + resource.len());
+        key.push_str(&self.inner.key_prefix);
+        key.push_str(resource);
+        key
+    }
+
+    /// Acquires `resource` for `ttl`, retrying by the manager's
+    /// [`RetryPolicy`] while the failure is one a retry could fix.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] at once for an empty resource or an unusable
+    /// TTL; otherwise the last attempt's error: [`Error::Contended`],
+    /// [`Error::Unavailable`], [`Error::Redis`] or
+    /// [`Error::ValidityExhausted`].
+    ///
+    /// # Example
+    /// ```no_run
+    /// # async fn demo(redlock: quorumlock::Redlock) -> Result<(), quorumlock::Error> {
+    /// use std::time::Duration;
+    /// let lock = redlock.acquire("invoice:42", Duration::from_secs(10)).await?;
+    /// println!("held until {:?}", lock.deadline());
+    /// lock.release().await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn acquire(&self, resource: &str, ttl: Duration) -> Result<Lock, Error> {
+        let started = Instant::now();
+        let policy = &self.inner.retry;
+        let mut attempt = 1;
+        loop {
+            let err = match self.try_acquire(resource, ttl).await {
+                Ok(lock) => return Ok(lock),
+                Err(err) => err,
+            };
+            if !err.is_retryable() || attempt >= policy.max_attempts() {
+                return Err(err);
+            }
+            let wait = policy.backoff();
+            if let Some(limit) = policy.limit() {
+                if started.elapsed().saturating_add(wait) >= limit {
+                    return Err(err);
+                }
+            }
+            tokio::time::sleep(wait).await;
+            attempt += 1;
+        }
+    }
+
+    /// Makes exactly one attempt to acquire `resource` for `ttl`.
+    ///
+    /// # Errors
+    /// As [`acquire`](Self::acquire), from the single attempt.
+    ///
+    /// # Example
+    /// ```no_run
+    /// # async fn demo(redlock: quorumlock::Redlock) {
+    /// use std::time::Duration;
+    /// match redlock.try_acquire("report:daily", Duration::from_secs(30)).await {
+    ///     Ok(lock) => { /* we run the report */ drop(lock) }
+    ///     Err(e) if e.is_contended() => { /* someone else runs it */ }
+    ///     Err(e) => eprintln!("lock service degraded: {e}"),
+    /// }
+    /// # }
+    /// ```
+    pub async fn try_acquire(&self, resource: &str, ttl: Duration) -> Result<Lock, Error> {
+        let plan = self.inner.plan(resource, ttl)?;
+        let key: Arc<str> = self.key(resource).into();
+        attempt(&self.inner, resource, key, ttl, plan).await
+    }
+}
+
+/// Validated figures for one TTL.
+#[derive(Clone, Copy)]
+pub(crate) struct Plan {
+    pub(crate) ttl_ms: u64,
+    pub(crate) drift: Duration,
+    /// Per-node deadline for this TTL.
+    pub(crate) node_deadline: Duration,
+}
+
+impl Inner {
+    pub(crate) fn plan(&self, resource: &str, ttl: Duration) -> Result<Plan, Error> {
+        if resource.is_empty() {
+            return Err(Error::InvalidInput("resource name is empty"));
+        }
+        if ttl.is_zero() {
+            return Err(Error::InvalidInput("TTL is zero"));
+        }
+        let ttl_ms = u64::try_from(ttl.as_millis())
+            .ok()
+            .filter(|ms| *ms <= i64::MAX as u64)
+            .ok_or(Error::InvalidInput("TTL is too long for Redis"))?;
+        let drift = quorum::drift(ttl, self.drift_factor, self.drift_floor);
+        if ttl <= drift.saturating_add(self.node_timeout) {
+            return Err(Error::InvalidInput(
+                "TTL must be longer than the clock drift allowance plus the node timeout",
+            ));
+        }
+        Ok(Plan {
+            ttl_ms,
+            drift,
+            node_deadline: self.node_timeout.min(ttl / 10),
+        })
+    }
+
+    /// Sends `op` to every node at once; each future yields its node index.
+    pub(crate) fn fan_out<F, Fut>(self: &Arc<Self>, op: F) -> FuturesUnordered<Fut>
+    where
+        F: Fn(Arc<Inner>, usize) -> Fut,
+        Fut: Future<Output = (usize, Reply)>,
+    {
+        (0..self.nodes.len()).map(|i| op(self.clone(), i)).collect()
+    }
+
+    /// Compare-and-delete on every node, waiting for all answers up to the
+    /// node timeout. Calls still running then are finished in the background,
+    /// so a frozen node still gets its delete when it thaws.
+    pub(crate) async fn release_everywhere(
+        self: &Arc<Self>,
+        key: &Arc<str>,
+        token: &Arc<str>,
+        ttl: Duration,
+    ) -> Tally {
+        let mut calls = self.fan_out(|inner, i| {
+            let (key, token) = (key.clone(), token.clone());
+            async move {
+                (
+                    i,
+                    inner.nodes[i].release(&inner.scripts, &key, &token).await,
+                )
+            }
+        });
+        let mut tally = Tally::new(self.nodes.len());
+        let deadline = Instant::now() + self.node_timeout;
+        quorum::gather(
+            &mut (&mut calls).map(|(_, r)| r),
+            &mut tally,
+            Until::AllAnswered,
+            deadline,
+        )
+        .await;
+        finish_in_background(calls, ttl);
+        tally
+    }
+
+    /// Starts a release without waiting for it (drop, cancellation, loss).
+    pub(crate) fn release_detached(
+        self: &Arc<Self>,
+        key: Arc<str>,
+        token: Arc<str>,
+        ttl: Duration,
+    ) {
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let inner = self.clone();
+            runtime.spawn(async move {
+                inner.release_everywhere(&key, &token, ttl).await;
+            });
+        }
+        // Without a runtime nothing can be sent; the keys expire with the TTL.
+    }
+}
+
+/// Lets calls that missed their deadline run to completion (at most `cap`),
+/// so late replies are read and any script retry (NOSCRIPT) still happens.
+pub(crate) fn finish_in_background<Fut>(mut calls: FuturesUnordered<Fut>, cap: Duration)
+where
+    Fut: Future + Send + 'static,
+    Fut::Output: Send,
+{
+    if calls.is_empty() {
+        return;
+    }
+    tokio::spawn(async move {
+        let _ = tokio::time::timeout(cap, async { while calls.next().await.is_some() {} }).await;
+    });
+}
+
+/// One attempt: the whole of REDLOCK.md's "Acquire" section.
+async fn attempt(
+    inner: &Arc<Inner>,
+    resource: &str,
+    key: Arc<str>,
+    ttl: Duration,
+    plan: Plan,
+) -> Result<Lock, Error> {
+    let start = Instant::now();
+    let token: Arc<str> = new_token().into();
+    // Armed from the first SET on: if this future is dropped midway, the
+    // guard removes whatever landed.
+    let mut guard = AttemptGuard {
+        inner: inner.clone(),
+        key: key.clone(),
+        token: token.clone(),
+        ttl,
+        armed: true,
+    };
+    let mut calls = inner.fan_out(|inner, i| {
+        let (key, token) = (key.clone(), token.clone());
+        async move { (i, inner.nodes[i].set_nx_px(&key, &token, plan.ttl_ms).await) }
+    });
+    let mut tally = Tally::new(inner.nodes.len());
+    quorum::gather(
+        &mut (&mut calls).map(|(_, r)| r),
+        &mut tally,
+        Until::Decided,
+        start + plan.node_deadline,
+    )
+    .await;
+    let elapsed = start.elapsed();
+    let validity = quorum::validity(ttl, elapsed, plan.drift);
+    let released = Arc::new(Released::default());
+
+    if let (Some(Decision::Won), Some(validity)) = (tally.decision(), validity) {
+        guard.armed = false;
+        clean_up_late_sets(inner, calls, &key, &token, released.clone(), ttl);
+        return Ok(Lock::new(
+            inner.clone(),
+            resource,
+            key,
+            token,
+            ttl,
+            (start + validity).into_std(),
+            released,
+        ));
+    }
+
+    released.mark();
+    clean_up_late_sets(inner, calls, &key, &token, released, ttl);
+    inner.release_everywhere(&key, &token, ttl).await;
+    guard.armed = false;
+    Err(match validity {
+        None if tally.decision() == Some(Decision::Won) => {
+            Error::ValidityExhausted { elapsed, ttl }
+        }
+        _ => failure(&tally),
+    })
+}
+
+/// The error for a vote that did not reach quorum.
+fn failure(tally: &Tally) -> Error {
+    let (votes, quorum) = (tally.votes(), tally.quorum());
+    if tally.refused() > 0 {
+        Error::Contended { votes, quorum }
+    } else if let Some(source) = tally.answered_error() {
+        Error::Redis {
+            votes,
+            quorum,
+            source: source.clone(),
+        }
+    } else {
+        Error::Unavailable {
+            votes,
+            quorum,
+            source: tally.transport_error().cloned(),
+        }
+    }
+}
+
+/// Watches `SET`s still in flight when the attempt was decided. One that
+/// lands after the lock was released (or after the attempt failed) would
+/// block that node for a whole TTL, so it gets its own compare-and-delete.
+fn clean_up_late_sets<Fut>(
+    inner: &Arc<Inner>,
+    mut calls: FuturesUnordered<Fut>,
+    key: &Arc<str>,
+    token: &Arc<str>,
+    released: Arc<Released>,
+    ttl: Duration,
+) where
+    Fut: Future<Output = (usize, Reply)> + Send + 'static,
+{
+    if calls.is_empty() {
+        return;
+    }
+    let (inner, key, token) = (inner.clone(), key.clone(), token.clone());
+    tokio::spawn(async move {
+        let watch = async {
+            while let Some((i, reply)) = calls.next().await {
+                // A refusal or an error reply means our SET did not land.
+                let may_have_landed = matches!(reply, Reply::Yes | Reply::Unknown(_));
+                if may_have_landed && released.is_set() {
+                    let node = &inner.nodes[i];
+                    let _ =
+                        tokio::time::timeout(ttl, node.release(&inner.scripts, &key, &token)).await;
+                }
+            }
+        };
+        let _ = tokio::time::timeout(ttl, watch).await;
+    });
+}
+
+/// Removes an attempt's keys if the attempt is dropped before it decided.
+struct AttemptGuard {
+    inner: Arc<Inner>,
+    key: Arc<str>,
+    token: Arc<str>,
+    ttl: Duration,
+    armed: bool,
+}
+
+impl Drop for AttemptGuard {
+    fn drop(&mut self) {
+        if self.armed {
+            self.inner
+                .release_detached(self.key.clone(), self.token.clone(), self.ttl);
+        }
+    }
+}
+
+/// 128 random bits from a CSPRNG, as 32 hex digits readable in `redis-cli`.
+fn new_token() -> String {
+    format!("{:032x}", rand::random::<u128>())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::new_token;
+
+    #[test]
+    fn tokens_are_128_bit_hex_and_fresh() {
+        let (a, b) = (new_token(), new_token());
+        assert_eq!(a.len(), 32);
+        assert!(a.bytes().all(|c| c.is_ascii_hexdigit()));
+        assert_ne!(a, b);
+    }
+}
