@@ -116,13 +116,18 @@ fn script_reply(reply: Result<i64, RedisError>) -> Reply {
     }
 }
 
-/// An error the server answered with is a refusal we report; anything else
-/// (refused connection, dropped connection, I/O) means we do not know.
+/// A node we could not reach (refused, dropped, timed out) leaves the outcome
+/// unknown; an error the node answered with is a refusal we report.
 fn classify(e: RedisError) -> Reply {
-    if matches!(e.kind(), ErrorKind::Server(_)) {
-        Reply::Failed(e)
-    } else {
+    let unreachable = e.is_io_error()
+        || e.is_connection_dropped()
+        || e.is_connection_refusal()
+        || e.is_timeout()
+        || e.is_unrecoverable_error();
+    if unreachable {
         Reply::Unknown(Some(e))
+    } else {
+        Reply::Failed(e)
     }
 }
 

@@ -1,0 +1,263 @@
+//! Test support shared by tests, examples and benches: real `redis-server`
+//! processes on free loopback ports, with the faults a lock must survive
+//! (kill, freeze, restart), killed when the [`Cluster`] is dropped.
+//!
+//! If `REDLOCK_TEST_NODES=url,url,url` is set, [`nodes`] hands those out
+//! instead (for example the docker trio), and tests that need to control
+//! processes say they were skipped.
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Environment variable naming external nodes to test against.
+pub const NODES_ENV: &str = "REDLOCK_TEST_NODES";
+
+/// One `redis-server` process this module started.
+struct Server {
+    port: u16,
+    child: Option<Child>,
+}
+
+/// N independent Redis nodes (no replication, no persistence).
+pub struct Cluster {
+    servers: Vec<Server>,
+}
+
+impl Cluster {
+    /// Starts `n` nodes and waits until each answers PING.
+    pub fn start(n: usize) -> Self {
+        let servers = (0..n).map(|_| spawn_on_free_port()).collect();
+        Self { servers }
+    }
+
+    pub fn len(&self) -> usize {
+        self.servers.len()
+    }
+
+    pub fn url(&self, i: usize) -> String {
+        format!("redis://127.0.0.1:{}", self.servers[i].port)
+    }
+
+    pub fn urls(&self) -> Vec<String> {
+        (0..self.servers.len()).map(|i| self.url(i)).collect()
+    }
+
+    pub fn port(&self, i: usize) -> u16 {
+        self.servers[i].port
+    }
+
+    /// SIGKILL: the node vanishes with everything it held.
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut child) = self.servers[i].child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGSTOP: the node keeps its connections open and answers nothing.
+    pub fn freeze(&self, i: usize) {
+        self.signal(i, "-STOP");
+    }
+
+    /// SIGCONT: the node goes on with whatever was queued.
+    pub fn thaw(&self, i: usize) {
+        self.signal(i, "-CONT");
+    }
+
+    /// Starts node `i` again on its old port, with empty data.
+    pub fn restart(&mut self, i: usize) {
+        self.kill(i);
+        let port = self.servers[i].port;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let mut child = spawn_server(port);
+            if wait_for_ping(port, &mut child) {
+                self.servers[i].child = Some(child);
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "redis-server did not restart on port {port}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn signal(&self, i: usize, sig: &str) {
+        let child = self.servers[i].child.as_ref().expect("node is not running");
+        let status = Command::new("kill")
+            .arg(sig)
+            .arg(child.id().to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill {sig} failed");
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for i in 0..self.servers.len() {
+            self.kill(i);
+        }
+    }
+}
+
+/// Nodes for a test that needs no process control: external ones when
+/// `REDLOCK_TEST_NODES` lists at least `n`, else `n` spawned ones. The
+/// cluster, if any, must be kept alive for the test's duration.
+pub fn nodes(n: usize) -> Option<(Vec<String>, Option<Cluster>)> {
+    match external_nodes() {
+        Some(urls) if urls.len() >= n => Some((urls[..n].to_vec(), None)),
+        Some(urls) => {
+            eprintln!("skipped: needs {n} nodes, {NODES_ENV} lists {}", urls.len());
+            None
+        }
+        None => {
+            let cluster = Cluster::start(n);
+            Some((cluster.urls(), Some(cluster)))
+        }
+    }
+}
+
+/// A spawned cluster for a test that kills, freezes or restarts nodes;
+/// `None` (with a message) when running against external nodes.
+pub fn cluster(n: usize, test: &str) -> Option<Cluster> {
+    if external_nodes().is_some() {
+        eprintln!("skipped {test}: it controls redis-server processes, and {NODES_ENV} is set");
+        return None;
+    }
+    Some(Cluster::start(n))
+}
+
+fn external_nodes() -> Option<Vec<String>> {
+    let raw = std::env::var(NODES_ENV).ok()?;
+    let urls: Vec<String> = raw
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(String::from)
+        .collect();
+    (!urls.is_empty()).then_some(urls)
+}
+
+/// A resource name no other test (or earlier run) uses.
+pub fn unique(name: &str) -> String {
+    format!("{name}:{:016x}", rand::random::<u64>())
+}
+
+fn spawn_on_free_port() -> Server {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let port = free_port();
+        let mut child = spawn_server(port);
+        if wait_for_ping(port, &mut child) {
+            return Server {
+                port,
+                child: Some(child),
+            };
+        }
+        // Someone took the port between our probe and the server's bind.
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(Instant::now() < deadline, "could not start redis-server");
+    }
+}
+
+fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    listener.local_addr().expect("local addr").port()
+}
+
+fn spawn_server(port: u16) -> Child {
+    Command::new("redis-server")
+        .args(["--port", &port.to_string()])
+        .args(["--bind", "127.0.0.1"])
+        .args(["--save", ""])
+        .args(["--appendonly", "no"])
+        .args(["--logfile", ""])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("redis-server must be installed (apt-get install -y redis-server)")
+}
+
+/// Waits up to 5 s for `+PONG`; `false` if the server exited (port taken).
+fn wait_for_ping(port: u16, child: &mut Child) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return false;
+        }
+        if ping(port) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    false
+}
+
+fn ping(port: u16) -> bool {
+    let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
+    if stream.write_all(b"PING\r\n").is_err() {
+        return false;
+    }
+    let mut buf = [0u8; 7];
+    stream.read_exact(&mut buf).is_ok() && &buf == b"+PONG\r\n"
+}
+
+/// A plain connection to one node, for looking at keys behind the library's back.
+pub async fn conn(url: &str) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(url)
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap()
+}
+
+/// The value under `key` on the node at `url`.
+pub async fn value(url: &str, key: &str) -> Option<String> {
+    let mut c = conn(url).await;
+    redis::cmd("GET")
+        .arg(key)
+        .query_async(&mut c)
+        .await
+        .unwrap()
+}
+
+/// Waits until `check` holds, polling every 5 ms; panics with `what` after `limit`.
+pub async fn eventually<F, Fut>(limit: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if check().await {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {limit:?} waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Waits until no node in `urls` has `key`.
+pub async fn no_key_anywhere(urls: &[String], key: &str, limit: Duration) {
+    eventually(limit, &format!("no node holds {key}"), || async {
+        for url in urls {
+            if value(url, key).await.is_some() {
+                return false;
+            }
+        }
+        true
+    })
+    .await;
+}
