@@ -1,0 +1,311 @@
+//! Nodes that die, freeze and come back. These tests control `redis-server`
+//! processes, so they are skipped (with a message) under `REDLOCK_TEST_NODES`.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use quorumlock::{Error, Redlock};
+use support::{eventually, no_key_anywhere, unique, value, Cluster};
+
+async fn manager(cluster: &Cluster) -> Redlock {
+    Redlock::builder()
+        .nodes(cluster.urls())
+        .build()
+        .await
+        .unwrap()
+}
+
+/// How many times `command` ran on the node at `url` (from INFO commandstats).
+async fn calls(url: &str, command: &str) -> u64 {
+    let mut c = support::conn(url).await;
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let prefix = format!("cmdstat_{command}:calls=");
+    info.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .and_then(|rest| rest.split(',').next())
+        .map_or(0, |n| n.parse().unwrap())
+}
+
+async fn set_foreign(url: &str, key: &str) {
+    let mut c = support::conn(url).await;
+    let _: () = redis::cmd("SET")
+        .arg(key)
+        .arg("someone-else")
+        .arg("PX")
+        .arg(30_000)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn one_of_three_killed_still_acquires() {
+    let Some(mut cluster) = support::cluster(3, "one_of_three_killed_still_acquires") else {
+        return;
+    };
+    let redlock = manager(&cluster).await;
+    cluster.kill(2);
+    let resource = unique("one-down");
+    let lock = redlock
+        .try_acquire(&resource, Duration::from_secs(10))
+        .await
+        .unwrap();
+    for i in 0..2 {
+        assert_eq!(
+            value(&cluster.url(i), &resource).await.as_deref(),
+            Some(lock.token())
+        );
+    }
+    lock.release().await.unwrap();
+    no_key_anywhere(&cluster.urls()[..2], &resource, Duration::from_secs(1)).await;
+}
+
+#[tokio::test]
+async fn two_of_three_killed_is_a_typed_error_and_leaves_no_key() {
+    let Some(mut cluster) =
+        support::cluster(3, "two_of_three_killed_is_a_typed_error_and_leaves_no_key")
+    else {
+        return;
+    };
+    let redlock = manager(&cluster).await;
+    cluster.kill(1);
+    cluster.kill(2);
+    let resource = unique("two-down");
+    let err = redlock
+        .try_acquire(&resource, Duration::from_secs(10))
+        .await
+        .unwrap_err();
+    assert!(err.is_unavailable(), "{err:?}");
+    // Two dead nodes decide the attempt, possibly before the survivor's
+    // vote is counted.
+    let Error::Unavailable {
+        votes, quorum: 2, ..
+    } = err
+    else {
+        panic!("{err:?}")
+    };
+    assert!(votes <= 1);
+    assert!(
+        err.to_string()
+            .contains(&format!("won {votes} of the 2 votes needed")),
+        "{err}"
+    );
+    // The survivor ran our SET; the failed attempt took it back.
+    assert_eq!(calls(&cluster.url(0), "set").await, 1);
+    no_key_anywhere(&[cluster.url(0)], &resource, Duration::from_secs(1)).await;
+}
+
+#[tokio::test]
+async fn a_frozen_node_neither_stalls_acquire_nor_keeps_a_key_after_thaw() {
+    let Some(cluster) = support::cluster(
+        3,
+        "a_frozen_node_neither_stalls_acquire_nor_keeps_a_key_after_thaw",
+    ) else {
+        return;
+    };
+    let redlock = manager(&cluster).await;
+    let resource = unique("frozen");
+    cluster.freeze(2);
+    let start = Instant::now();
+    let lock = redlock
+        .try_acquire(&resource, Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert!(
+        start.elapsed() < Duration::from_secs(1),
+        "acquire waited for the frozen node"
+    );
+    lock.release().await.unwrap();
+    // The frozen node now holds our SET and then our delete, in that order.
+    cluster.thaw(2);
+    eventually(
+        Duration::from_secs(1),
+        "the thawed node ran our SET",
+        || async { calls(&cluster.url(2), "set").await == 1 },
+    )
+    .await;
+    no_key_anywhere(&cluster.urls(), &resource, Duration::from_secs(1)).await;
+}
+
+#[tokio::test]
+async fn a_restarted_node_votes_again_without_rebuilding_the_manager() {
+    let Some(mut cluster) = support::cluster(
+        3,
+        "a_restarted_node_votes_again_without_rebuilding_the_manager",
+    ) else {
+        return;
+    };
+    let redlock = manager(&cluster).await;
+    cluster.kill(2);
+    redlock
+        .try_acquire(&unique("while-down"), Duration::from_secs(10))
+        .await
+        .unwrap()
+        .release()
+        .await
+        .unwrap();
+    cluster.restart(2);
+    let url = cluster.url(2);
+    eventually(Duration::from_secs(3), "restarted node votes", || async {
+        let resource = unique("after-restart");
+        let Ok(lock) = redlock
+            .try_acquire(&resource, Duration::from_secs(10))
+            .await
+        else {
+            return false;
+        };
+        let voted = value(&url, &resource).await.as_deref() == Some(lock.token());
+        lock.release().await.unwrap();
+        voted
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_node_down_at_build_time_joins_when_it_starts() {
+    let Some(mut cluster) = support::cluster(3, "a_node_down_at_build_time_joins_when_it_starts")
+    else {
+        return;
+    };
+    cluster.kill(2);
+    let redlock = manager(&cluster).await;
+    let resource = unique("late-node");
+    redlock
+        .try_acquire(&resource, Duration::from_secs(10))
+        .await
+        .unwrap()
+        .release()
+        .await
+        .unwrap();
+    cluster.restart(2);
+    let url = cluster.url(2);
+    eventually(Duration::from_secs(3), "late node votes", || async {
+        let Ok(lock) = redlock
+            .try_acquire(&resource, Duration::from_secs(10))
+            .await
+        else {
+            return false;
+        };
+        let voted = value(&url, &resource).await.as_deref() == Some(lock.token());
+        lock.release().await.unwrap();
+        voted
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_refused_attempt_cleans_up_a_set_that_lands_late() {
+    let Some(cluster) = support::cluster(3, "a_refused_attempt_cleans_up_a_set_that_lands_late")
+    else {
+        return;
+    };
+    let redlock = manager(&cluster).await;
+    let resource = unique("late-set");
+    set_foreign(&cluster.url(0), &resource).await;
+    set_foreign(&cluster.url(1), &resource).await;
+    cluster.freeze(2);
+    let err = redlock
+        .try_acquire(&resource, Duration::from_secs(10))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::Contended {
+                votes: 0,
+                quorum: 2
+            }
+        ),
+        "{err:?}"
+    );
+    cluster.thaw(2);
+    eventually(Duration::from_secs(1), "the late SET ran", || async {
+        calls(&cluster.url(2), "set").await == 1
+    })
+    .await;
+    no_key_anywhere(&[cluster.url(2)], &resource, Duration::from_secs(1)).await;
+    // The other owner's keys are untouched.
+    assert_eq!(
+        value(&cluster.url(0), &resource).await.as_deref(),
+        Some("someone-else")
+    );
+}
+
+#[tokio::test]
+async fn an_unavailable_attempt_cleans_up_every_node_including_late_ones() {
+    let Some(cluster) = support::cluster(
+        3,
+        "an_unavailable_attempt_cleans_up_every_node_including_late_ones",
+    ) else {
+        return;
+    };
+    let redlock = manager(&cluster).await;
+    let resource = unique("late-sets");
+    cluster.freeze(1);
+    cluster.freeze(2);
+    let err = redlock
+        .try_acquire(&resource, Duration::from_secs(10))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::Unavailable {
+                votes: 1,
+                quorum: 2,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    no_key_anywhere(&[cluster.url(0)], &resource, Duration::from_secs(1)).await;
+    cluster.thaw(1);
+    cluster.thaw(2);
+    for i in 1..3 {
+        let url = cluster.url(i);
+        eventually(Duration::from_secs(1), "the late SET ran", || async {
+            calls(&url, "set").await == 1
+        })
+        .await;
+    }
+    no_key_anywhere(&cluster.urls(), &resource, Duration::from_secs(1)).await;
+}
+
+#[tokio::test]
+async fn a_cancelled_acquire_leaves_no_key() {
+    let Some(cluster) = support::cluster(3, "a_cancelled_acquire_leaves_no_key") else {
+        return;
+    };
+    let redlock = Redlock::builder()
+        .nodes(cluster.urls())
+        .node_timeout(Duration::from_millis(500))
+        .build()
+        .await
+        .unwrap();
+    let resource = unique("cancelled");
+    cluster.freeze(1);
+    cluster.freeze(2);
+    // Node 0 says yes at once; the attempt then waits on the frozen two, and
+    // the caller gives up first.
+    let attempt = redlock.try_acquire(&resource, Duration::from_secs(10));
+    assert!(tokio::time::timeout(Duration::from_millis(100), attempt)
+        .await
+        .is_err());
+    assert_eq!(calls(&cluster.url(0), "set").await, 1);
+    no_key_anywhere(&[cluster.url(0)], &resource, Duration::from_secs(1)).await;
+    cluster.thaw(1);
+    cluster.thaw(2);
+    no_key_anywhere(&cluster.urls(), &resource, Duration::from_secs(1)).await;
+    for i in 1..3 {
+        assert_eq!(
+            calls(&cluster.url(i), "set").await,
+            1,
+            "node {i} never saw the SET"
+        );
+    }
+}
