@@ -31,7 +31,7 @@ struct Plan {
     quiet: bool,
 }
 
-async fn run(urls: &[String], mut cluster: Option<&mut support::Cluster>, plan: Plan) -> Report {
+async fn run(urls: &[String], cluster: Option<&mut support::Cluster>, plan: Plan) -> Report {
     let Plan {
         resource,
         rounds,
@@ -105,7 +105,7 @@ async fn run(urls: &[String], mut cluster: Option<&mut support::Cluster>, plan: 
     while done.load(Ordering::SeqCst) < rounds / 2 {
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
-    match cluster.as_deref_mut() {
+    match cluster {
         Some(cluster) => {
             cluster.kill(2);
             println!(
