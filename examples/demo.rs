@@ -169,7 +169,7 @@ async fn main() {
 mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_lock_keeps_working_after_a_node_is_killed() {
-        let Some(mut cluster) = super::support::cluster(3, "demo") else {
+        let Some(mut cluster) = super::support::cluster(3) else {
             return;
         };
         let urls = cluster.urls();

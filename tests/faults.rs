@@ -45,7 +45,7 @@ async fn set_foreign(url: &str, key: &str) {
 
 #[tokio::test]
 async fn one_of_three_killed_still_acquires() {
-    let Some(mut cluster) = support::cluster(3, "one_of_three_killed_still_acquires") else {
+    let Some(mut cluster) = support::cluster(3) else {
         return;
     };
     let redlock = manager(&cluster).await;
@@ -67,9 +67,7 @@ async fn one_of_three_killed_still_acquires() {
 
 #[tokio::test]
 async fn two_of_three_killed_is_a_typed_error_and_leaves_no_key() {
-    let Some(mut cluster) =
-        support::cluster(3, "two_of_three_killed_is_a_typed_error_and_leaves_no_key")
-    else {
+    let Some(mut cluster) = support::cluster(3) else {
         return;
     };
     let redlock = manager(&cluster).await;
@@ -102,10 +100,7 @@ async fn two_of_three_killed_is_a_typed_error_and_leaves_no_key() {
 
 #[tokio::test]
 async fn a_frozen_node_neither_stalls_acquire_nor_keeps_a_key_after_thaw() {
-    let Some(cluster) = support::cluster(
-        3,
-        "a_frozen_node_neither_stalls_acquire_nor_keeps_a_key_after_thaw",
-    ) else {
+    let Some(cluster) = support::cluster(3) else {
         return;
     };
     let redlock = manager(&cluster).await;
@@ -134,10 +129,7 @@ async fn a_frozen_node_neither_stalls_acquire_nor_keeps_a_key_after_thaw() {
 
 #[tokio::test]
 async fn a_restarted_node_votes_again_without_rebuilding_the_manager() {
-    let Some(mut cluster) = support::cluster(
-        3,
-        "a_restarted_node_votes_again_without_rebuilding_the_manager",
-    ) else {
+    let Some(mut cluster) = support::cluster(3) else {
         return;
     };
     let redlock = manager(&cluster).await;
@@ -168,8 +160,7 @@ async fn a_restarted_node_votes_again_without_rebuilding_the_manager() {
 
 #[tokio::test]
 async fn a_node_down_at_build_time_joins_when_it_starts() {
-    let Some(mut cluster) = support::cluster(3, "a_node_down_at_build_time_joins_when_it_starts")
-    else {
+    let Some(mut cluster) = support::cluster(3) else {
         return;
     };
     cluster.kill(2);
@@ -200,8 +191,7 @@ async fn a_node_down_at_build_time_joins_when_it_starts() {
 
 #[tokio::test]
 async fn a_refused_attempt_cleans_up_a_set_that_lands_late() {
-    let Some(cluster) = support::cluster(3, "a_refused_attempt_cleans_up_a_set_that_lands_late")
-    else {
+    let Some(cluster) = support::cluster(3) else {
         return;
     };
     let redlock = manager(&cluster).await;
@@ -238,10 +228,7 @@ async fn a_refused_attempt_cleans_up_a_set_that_lands_late() {
 
 #[tokio::test]
 async fn an_unavailable_attempt_cleans_up_every_node_including_late_ones() {
-    let Some(cluster) = support::cluster(
-        3,
-        "an_unavailable_attempt_cleans_up_every_node_including_late_ones",
-    ) else {
+    let Some(cluster) = support::cluster(3) else {
         return;
     };
     let redlock = manager(&cluster).await;
@@ -278,7 +265,7 @@ async fn an_unavailable_attempt_cleans_up_every_node_including_late_ones() {
 
 #[tokio::test]
 async fn a_cancelled_acquire_leaves_no_key() {
-    let Some(cluster) = support::cluster(3, "a_cancelled_acquire_leaves_no_key") else {
+    let Some(cluster) = support::cluster(3) else {
         return;
     };
     let redlock = Redlock::builder()
