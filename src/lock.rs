@@ -28,6 +28,9 @@ pub struct Lock {
     deadline: Instant,
     released: Arc<Released>,
     lost: bool,
+    /// Where a drop's release runs, even if the lock is dropped on a thread
+    /// outside the runtime.
+    runtime: Option<tokio::runtime::Handle>,
 }
 
 impl std::fmt::Debug for Lock {
@@ -60,6 +63,7 @@ impl Lock {
             deadline,
             released,
             lost: false,
+            runtime: tokio::runtime::Handle::try_current().ok(),
         }
     }
 
@@ -163,8 +167,12 @@ impl Lock {
     fn lose(&mut self, votes: usize, quorum: usize) -> Error {
         self.lost = true;
         if self.released.mark() {
-            self.inner
-                .release_detached(self.key.clone(), self.token.clone(), self.ttl);
+            self.inner.release_detached(
+                self.runtime.as_ref(),
+                self.key.clone(),
+                self.token.clone(),
+                self.ttl,
+            );
         }
         Error::Lost {
             resource: self.resource.to_string(),
@@ -194,11 +202,25 @@ impl Lock {
         // Marking first means a late SET reply seen after this point
         // cleans up after itself (see `clean_up_late_sets`).
         self.released.mark();
-        let tally = self
-            .inner
-            .release_everywhere(&self.key, &self.token, self.ttl)
-            .await;
-        let (votes, quorum) = (tally.votes(), tally.quorum());
+        // A task of its own, so the release completes even if the caller's
+        // future is dropped while it runs.
+        let (inner, key, token, ttl) = (
+            self.inner.clone(),
+            self.key.clone(),
+            self.token.clone(),
+            self.ttl,
+        );
+        let task = tokio::spawn(async move { inner.release_everywhere(&key, &token, ttl).await });
+        let quorum = quorum::quorum(self.inner.nodes.len());
+        let Ok(tally) = task.await else {
+            // Only a runtime shutting down gets here; the keys expire.
+            return Err(Error::Unavailable {
+                votes: 0,
+                quorum,
+                source: None,
+            });
+        };
+        let votes = tally.votes();
         if !self.lost && votes >= quorum {
             Ok(())
         } else if !self.lost && votes + tally.unknown() >= quorum {
@@ -220,8 +242,12 @@ impl Lock {
 impl Drop for Lock {
     fn drop(&mut self) {
         if self.released.mark() {
-            self.inner
-                .release_detached(self.key.clone(), self.token.clone(), self.ttl);
+            self.inner.release_detached(
+                self.runtime.as_ref(),
+                self.key.clone(),
+                self.token.clone(),
+                self.ttl,
+            );
         }
     }
 }

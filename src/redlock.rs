@@ -243,20 +243,23 @@ impl Inner {
         tally
     }
 
-    /// Starts a release without waiting for it (drop, cancellation, loss).
+    /// Starts a release without waiting for it (drop, cancellation, loss),
+    /// on `runtime` or else the current one.
     pub(crate) fn release_detached(
         self: &Arc<Self>,
+        runtime: Option<&tokio::runtime::Handle>,
         key: Arc<str>,
         token: Arc<str>,
         ttl: Duration,
     ) {
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+        let current = tokio::runtime::Handle::try_current().ok();
+        // Without any runtime nothing can be sent; the keys expire with the TTL.
+        if let Some(runtime) = runtime.or(current.as_ref()) {
             let inner = self.clone();
             runtime.spawn(async move {
                 inner.release_everywhere(&key, &token, ttl).await;
             });
         }
-        // Without a runtime nothing can be sent; the keys expire with the TTL.
     }
 }
 
@@ -402,7 +405,7 @@ impl Drop for AttemptGuard {
     fn drop(&mut self) {
         if self.armed {
             self.inner
-                .release_detached(self.key.clone(), self.token.clone(), self.ttl);
+                .release_detached(None, self.key.clone(), self.token.clone(), self.ttl);
         }
     }
 }

@@ -523,3 +523,34 @@ async fn an_error_reply_counts_as_no_vote_and_is_reported() {
         .await
         .unwrap();
 }
+
+#[tokio::test]
+async fn a_lock_dropped_outside_the_runtime_is_still_released() {
+    let Some((urls, _cluster)) = support::nodes(3) else {
+        return;
+    };
+    let redlock = manager(&urls).await;
+    let resource = unique("dropped-elsewhere");
+    let lock = redlock
+        .try_acquire(&resource, Duration::from_secs(30))
+        .await
+        .unwrap();
+    std::thread::spawn(move || drop(lock)).join().unwrap();
+    no_key_anywhere(&urls, &resource, Duration::from_secs(1)).await;
+}
+
+#[tokio::test]
+async fn a_release_whose_caller_gives_up_still_completes() {
+    let Some((urls, _cluster)) = support::nodes(3) else {
+        return;
+    };
+    let redlock = manager(&urls).await;
+    let resource = unique("release-cancelled");
+    let lock = redlock
+        .try_acquire(&resource, Duration::from_secs(30))
+        .await
+        .unwrap();
+    // Polled once, then dropped: the release has started but not finished.
+    assert!(futures::FutureExt::now_or_never(lock.release()).is_none());
+    no_key_anywhere(&urls, &resource, Duration::from_secs(1)).await;
+}
