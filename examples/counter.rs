@@ -101,22 +101,9 @@ async fn run(urls: &[String], clients: usize, adds: usize) -> Totals {
     }
 }
 
-fn node_urls() -> (Vec<String>, Option<support::Cluster>) {
-    match std::env::var("QUORUMLOCK_NODES") {
-        Ok(list) => (
-            list.split(',').map(|s| s.trim().to_string()).collect(),
-            None,
-        ),
-        Err(_) => {
-            let cluster = support::Cluster::start(3);
-            (cluster.urls(), Some(cluster))
-        }
-    }
-}
-
 #[tokio::main]
 async fn main() {
-    let (urls, _cluster) = node_urls();
+    let (urls, _cluster) = support::example_nodes();
     let (clients, adds) = (8, 50);
     println!(
         "{clients} clients each add their number {adds} times on {}",

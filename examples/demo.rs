@@ -132,21 +132,7 @@ async fn run(urls: &[String], cluster: Option<&mut support::Cluster>, plan: Plan
 
 #[tokio::main]
 async fn main() {
-    let (urls, mut cluster) = match std::env::var("QUORUMLOCK_NODES") {
-        Ok(list) => (
-            list.split(',')
-                .map(|s| s.trim().to_string())
-                .collect::<Vec<_>>(),
-            None,
-        ),
-        Err(_) => {
-            println!(
-                "starting three local redis-server nodes (set QUORUMLOCK_NODES to use your own)"
-            );
-            let cluster = support::Cluster::start(3);
-            (cluster.urls(), Some(cluster))
-        }
-    };
+    let (urls, mut cluster) = support::example_nodes();
     println!("nodes: {}", urls.join(", "));
     let plan = Plan {
         resource: "demo:report".into(),

@@ -243,18 +243,7 @@ async fn run(
 
 #[tokio::main]
 async fn main() {
-    let (urls, _cluster) = match std::env::var("QUORUMLOCK_NODES") {
-        Ok(list) => (
-            list.split(',')
-                .map(|s| s.trim().to_string())
-                .collect::<Vec<_>>(),
-            None,
-        ),
-        Err(_) => {
-            let cluster = support::Cluster::start(3);
-            (cluster.urls(), Some(cluster))
-        }
-    };
+    let (urls, _cluster) = support::example_nodes();
     let report = run(&urls, "queue_consumer", 3, 10, 3, false).await;
     println!(
         "produced {}, done {}, redelivered {}, left in queue {}, left in processing {}",

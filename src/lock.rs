@@ -163,9 +163,8 @@ impl Lock {
         }
     }
 
-    /// Marks the lock lost and removes whatever keys of ours remain.
-    fn lose(&mut self, votes: usize, quorum: usize) -> Error {
-        self.lost = true;
+    /// Starts the release unless one already started.
+    fn release_in_background(&self) {
         if self.released.mark() {
             self.inner.release_detached(
                 self.runtime.as_ref(),
@@ -174,6 +173,12 @@ impl Lock {
                 self.ttl,
             );
         }
+    }
+
+    /// Marks the lock lost and removes whatever keys of ours remain.
+    fn lose(&mut self, votes: usize, quorum: usize) -> Error {
+        self.lost = true;
+        self.release_in_background();
         Error::Lost {
             resource: self.resource.to_string(),
             votes,
@@ -241,13 +246,6 @@ impl Lock {
 
 impl Drop for Lock {
     fn drop(&mut self) {
-        if self.released.mark() {
-            self.inner.release_detached(
-                self.runtime.as_ref(),
-                self.key.clone(),
-                self.token.clone(),
-                self.ttl,
-            );
-        }
+        self.release_in_background();
     }
 }

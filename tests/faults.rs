@@ -31,6 +31,23 @@ async fn calls(url: &str, command: &str) -> u64 {
         .map_or(0, |n| n.parse().unwrap())
 }
 
+/// Waits (up to 3 s) until the node at `url` grants its vote in a lock.
+async fn node_votes_again(redlock: &Redlock, url: &str) {
+    eventually(Duration::from_secs(3), "the node votes again", || async {
+        let resource = unique("votes-again");
+        let Ok(lock) = redlock
+            .try_acquire(&resource, Duration::from_secs(10))
+            .await
+        else {
+            return false;
+        };
+        let voted = value(url, &resource).await.as_deref() == Some(lock.token());
+        lock.release().await.unwrap();
+        voted
+    })
+    .await;
+}
+
 async fn set_foreign(url: &str, key: &str) {
     let mut c = support::conn(url).await;
     let _: () = redis::cmd("SET")
@@ -142,20 +159,7 @@ async fn a_restarted_node_votes_again_without_rebuilding_the_manager() {
         .await
         .unwrap();
     cluster.restart(2);
-    let url = cluster.url(2);
-    eventually(Duration::from_secs(3), "restarted node votes", || async {
-        let resource = unique("after-restart");
-        let Ok(lock) = redlock
-            .try_acquire(&resource, Duration::from_secs(10))
-            .await
-        else {
-            return false;
-        };
-        let voted = value(&url, &resource).await.as_deref() == Some(lock.token());
-        lock.release().await.unwrap();
-        voted
-    })
-    .await;
+    node_votes_again(&redlock, &cluster.url(2)).await;
 }
 
 #[tokio::test]
@@ -174,19 +178,7 @@ async fn a_node_down_at_build_time_joins_when_it_starts() {
         .await
         .unwrap();
     cluster.restart(2);
-    let url = cluster.url(2);
-    eventually(Duration::from_secs(3), "late node votes", || async {
-        let Ok(lock) = redlock
-            .try_acquire(&resource, Duration::from_secs(10))
-            .await
-        else {
-            return false;
-        };
-        let voted = value(&url, &resource).await.as_deref() == Some(lock.token());
-        lock.release().await.unwrap();
-        voted
-    })
-    .await;
+    node_votes_again(&redlock, &cluster.url(2)).await;
 }
 
 #[tokio::test]

@@ -155,6 +155,24 @@ fn external_nodes() -> Option<Vec<String>> {
     (!urls.is_empty()).then_some(urls)
 }
 
+/// Nodes for an example: those in `QUORUMLOCK_NODES` (comma-separated), or
+/// else a local trio started here, stopped when the cluster is dropped.
+pub fn example_nodes() -> (Vec<String>, Option<Cluster>) {
+    match std::env::var("QUORUMLOCK_NODES") {
+        Ok(list) => (
+            list.split(',').map(|s| s.trim().to_string()).collect(),
+            None,
+        ),
+        Err(_) => {
+            println!(
+                "starting three local redis-server nodes (set QUORUMLOCK_NODES to use your own)"
+            );
+            let cluster = Cluster::start(3);
+            (cluster.urls(), Some(cluster))
+        }
+    }
+}
+
 /// A resource name no other test (or earlier run) uses.
 pub fn unique(name: &str) -> String {
     format!("{name}:{:016x}", rand::random::<u64>())
