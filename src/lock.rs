@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 
-use crate::quorum::{self, Decision, Tally, Until};
+use crate::quorum::{self, Decision, Tally};
 use crate::redlock::{finish_in_background, Inner, Released};
 use crate::Error;
 
@@ -142,13 +142,7 @@ impl Lock {
         let mut tally = Tally::new(self.inner.nodes.len());
         let current = tokio::time::Instant::from_std(self.deadline);
         let deadline = (start + plan.node_deadline).min(current);
-        quorum::gather(
-            &mut (&mut calls).map(|(_, r)| r),
-            &mut tally,
-            Until::Decided,
-            deadline,
-        )
-        .await;
+        quorum::gather(&mut (&mut calls).map(|(_, r)| r), &mut tally, deadline).await;
         finish_in_background(calls, ttl);
 
         let validity = quorum::validity(ttl, start.elapsed(), plan.drift);

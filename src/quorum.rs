@@ -144,32 +144,16 @@ impl Tally {
     }
 }
 
-/// How long [`gather`] listens.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Until {
-    /// Until the outcome is certain (acquire, extend).
-    Decided,
-    /// Until every node has answered (release: delete everywhere we can).
-    AllAnswered,
-}
-
-/// Feeds replies into `tally` until `until` is met, the stream ends, or
-/// `deadline` passes; then counts the silent nodes as unknown. Replies not
-/// yet read stay in `replies` for the caller to clean up after.
-pub(crate) async fn gather<S>(replies: &mut S, tally: &mut Tally, until: Until, deadline: Instant)
+/// Feeds replies into `tally` until the decision is certain, the stream
+/// ends, or `deadline` passes; then counts the silent nodes as unknown.
+/// Replies not yet read stay in `replies` for the caller to finish.
+pub(crate) async fn gather<S>(replies: &mut S, tally: &mut Tally, deadline: Instant)
 where
     S: Stream<Item = Reply> + Unpin,
 {
     let timer = tokio::time::sleep_until(deadline);
     tokio::pin!(timer);
-    loop {
-        let done = match until {
-            Until::Decided => tally.decision().is_some(),
-            Until::AllAnswered => tally.pending() == 0,
-        };
-        if done {
-            break;
-        }
+    while tally.decision().is_none() {
         tokio::select! {
             biased;
             reply = replies.next() => match reply {
@@ -270,13 +254,7 @@ mod tests {
         .into_iter()
         .collect();
         let mut t = Tally::new(3);
-        gather(
-            &mut calls,
-            &mut t,
-            Until::Decided,
-            start + Duration::from_millis(50),
-        )
-        .await;
+        gather(&mut calls, &mut t, start + Duration::from_millis(50)).await;
         assert_eq!(t.decision(), Some(Decision::Won));
         assert_eq!(start.elapsed(), Duration::from_millis(2));
         assert_eq!(calls.len(), 1, "the slow call is left for clean-up");
@@ -293,13 +271,7 @@ mod tests {
         .into_iter()
         .collect();
         let mut t = Tally::new(3);
-        gather(
-            &mut calls,
-            &mut t,
-            Until::Decided,
-            start + Duration::from_millis(50),
-        )
-        .await;
+        gather(&mut calls, &mut t, start + Duration::from_millis(50)).await;
         assert_eq!(t.decision(), Some(Decision::Lost));
         assert_eq!(start.elapsed(), Duration::from_millis(50));
         assert_eq!((t.votes(), t.unknown()), (1, 2));
@@ -316,49 +288,9 @@ mod tests {
         .into_iter()
         .collect();
         let mut t = Tally::new(3);
-        gather(
-            &mut calls,
-            &mut t,
-            Until::Decided,
-            start + Duration::from_millis(50),
-        )
-        .await;
+        gather(&mut calls, &mut t, start + Duration::from_millis(50)).await;
         assert_eq!(t.decision(), Some(Decision::Lost));
         assert_eq!(start.elapsed(), Duration::from_millis(2));
         assert_eq!(t.refused(), 2);
-    }
-}
-
-#[cfg(test)]
-mod release_tests {
-    use super::*;
-    use futures::stream::FuturesUnordered;
-    use std::future::Future;
-    use std::pin::Pin;
-
-    type Call = Pin<Box<dyn Future<Output = Reply> + Send>>;
-
-    #[tokio::test(start_paused = true)]
-    async fn release_waits_for_every_node_up_to_the_deadline() {
-        let start = Instant::now();
-        let mut calls: FuturesUnordered<Call> = [1u64, 2, 30]
-            .into_iter()
-            .map(|ms| -> Call {
-                Box::pin(async move {
-                    tokio::time::sleep(Duration::from_millis(ms)).await;
-                    Reply::Yes
-                })
-            })
-            .collect();
-        let mut t = Tally::new(3);
-        gather(
-            &mut calls,
-            &mut t,
-            Until::AllAnswered,
-            start + Duration::from_millis(50),
-        )
-        .await;
-        assert_eq!(t.votes(), 3, "a quorum is not enough for release");
-        assert_eq!(start.elapsed(), Duration::from_millis(30));
     }
 }

@@ -13,7 +13,7 @@ use tokio::time::Instant;
 use crate::builder::{Builder, RetryPolicy};
 use crate::lock::Lock;
 use crate::node::{Node, Scripts};
-use crate::quorum::{self, Decision, Reply, Tally, Until};
+use crate::quorum::{self, Decision, Reply, Tally};
 use crate::Error;
 
 /// Shared by a [`Redlock`] and every lock it hands out.
@@ -212,9 +212,10 @@ impl Inner {
         (0..self.nodes.len()).map(|i| op(self.clone(), i)).collect()
     }
 
-    /// Compare-and-delete on every node, waiting for all answers up to the
-    /// node timeout. Calls still running then are finished in the background,
-    /// so a frozen node still gets its delete when it thaws.
+    /// Compare-and-delete on every node, waiting until a quorum confirmed it
+    /// (or cannot), at most the node timeout. The other calls are already on
+    /// the wire and finish in the background, so a frozen node still gets its
+    /// delete when it thaws, and a slow one costs the caller nothing.
     pub(crate) async fn release_everywhere(
         self: &Arc<Self>,
         key: &Arc<str>,
@@ -232,13 +233,7 @@ impl Inner {
         });
         let mut tally = Tally::new(self.nodes.len());
         let deadline = Instant::now() + self.node_timeout;
-        quorum::gather(
-            &mut (&mut calls).map(|(_, r)| r),
-            &mut tally,
-            Until::AllAnswered,
-            deadline,
-        )
-        .await;
+        quorum::gather(&mut (&mut calls).map(|(_, r)| r), &mut tally, deadline).await;
         finish_in_background(calls, ttl);
         tally
     }
@@ -305,7 +300,6 @@ async fn attempt(
     quorum::gather(
         &mut (&mut calls).map(|(_, r)| r),
         &mut tally,
-        Until::Decided,
         start + plan.node_deadline,
     )
     .await;
@@ -327,10 +321,10 @@ async fn attempt(
         ));
     }
 
+    // The guard's release runs as its own task: the caller can retry at once.
     released.mark();
     clean_up_late_sets(inner, calls, &key, &token, released, ttl);
-    inner.release_everywhere(&key, &token, ttl).await;
-    guard.armed = false;
+    drop(guard);
     Err(match validity {
         None if tally.decision() == Some(Decision::Won) => {
             Error::ValidityExhausted { elapsed, ttl }
@@ -392,7 +386,8 @@ fn clean_up_late_sets<Fut>(
     });
 }
 
-/// Removes an attempt's keys if the attempt is dropped before it decided.
+/// Removes an attempt's keys unless the attempt won: after a failed vote,
+/// and when the caller drops the attempt midway.
 struct AttemptGuard {
     inner: Arc<Inner>,
     key: Arc<str>,
