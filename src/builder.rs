@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::stream::{FuturesUnordered, StreamExt};
 use redis::{ConnectionInfo, IntoConnectionInfo, RedisError};
 
 use crate::node::{Node, Scripts};
@@ -181,7 +182,8 @@ impl Builder {
         self
     }
 
-    /// Checks the settings and opens a connection to each node. A node that
+    /// Checks the settings and opens a connection to each node, returning as
+    /// soon as a quorum answered (at most the connect timeout). A node that
     /// is down does not fail the build: it counts as unknown until it answers.
     ///
     /// # Errors
@@ -208,8 +210,7 @@ impl Builder {
                 .map_err(|source| Error::InvalidNode { index, source })?;
             nodes.push(node);
         }
-        let warm = futures::future::join_all(nodes.iter().map(Node::warm_up));
-        let _ = tokio::time::timeout(self.connect_timeout, warm).await;
+        warm_up(&nodes, self.connect_timeout).await;
         Ok(Redlock::from_inner(Arc::new(Inner {
             nodes: nodes.into(),
             scripts: Scripts::new(),
@@ -220,4 +221,21 @@ impl Builder {
             key_prefix: self.key_prefix,
         })))
     }
+}
+
+/// Opens connections until a quorum answers PING, every node has been tried,
+/// or `limit` passes. The others keep connecting lazily on first use.
+async fn warm_up(nodes: &[Node], limit: Duration) {
+    let quorum = crate::quorum::quorum(nodes.len());
+    let mut pings: FuturesUnordered<_> = nodes.iter().map(Node::warm_up).collect();
+    let _ = tokio::time::timeout(limit, async {
+        let mut up = 0;
+        while let Some(ok) = pings.next().await {
+            up += usize::from(ok);
+            if up >= quorum {
+                break;
+            }
+        }
+    })
+    .await;
 }

@@ -3,7 +3,7 @@
 //! node that fails is a missing vote, not a reason to stop the attempt.
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{ConnectionInfo, ErrorKind, RedisError, Script, Value};
+use redis::{ConnectionInfo, ErrorKind, RedisError, Script, ScriptInvocation, Value};
 
 use crate::quorum::Reply;
 
@@ -12,6 +12,7 @@ use crate::quorum::Reply;
 pub(crate) struct Scripts {
     release: Script,
     extend: Script,
+    acquire_retry: Script,
 }
 
 impl Scripts {
@@ -19,6 +20,7 @@ impl Scripts {
         Self {
             release: Script::new(include_str!("scripts/release.lua")),
             extend: Script::new(include_str!("scripts/extend.lua")),
+            acquire_retry: Script::new(include_str!("scripts/acquire_retry.lua")),
         }
     }
 }
@@ -51,14 +53,43 @@ impl Node {
         Ok(Self { conn })
     }
 
-    /// Opens the connection now, so the first lock does not pay for it.
-    pub(crate) async fn warm_up(&self) {
+    /// Opens the connection now, so the first lock does not pay for it;
+    /// `true` if the node answered.
+    pub(crate) async fn warm_up(&self) -> bool {
         let mut conn = self.conn.clone();
-        let _: Result<Value, _> = redis::cmd("PING").query_async(&mut conn).await;
+        redis::cmd("PING")
+            .query_async::<Value>(&mut conn)
+            .await
+            .is_ok()
     }
 
-    /// `SET key token NX PX ttl_ms`.
-    pub(crate) async fn set_nx_px(&self, key: &str, token: &str, ttl_ms: u64) -> Reply {
+    /// `SET key token NX PX ttl_ms`. If the connection dropped under it,
+    /// tries once more on a fresh connection with a script that also counts
+    /// our own token as success (the first SET may have landed).
+    pub(crate) async fn acquire(
+        &self,
+        scripts: &Scripts,
+        key: &str,
+        token: &str,
+        ttl_ms: u64,
+    ) -> Reply {
+        match self.set_nx_px(key, token, ttl_ms).await {
+            Reply::Unknown(Some(e)) if dropped(&e) => {
+                let mut conn = self.conn.clone();
+                let reply = scripts
+                    .acquire_retry
+                    .key(key)
+                    .arg(token)
+                    .arg(ttl_ms)
+                    .invoke_async::<i64>(&mut conn)
+                    .await;
+                script_reply(reply)
+            }
+            reply => reply,
+        }
+    }
+
+    async fn set_nx_px(&self, key: &str, token: &str, ttl_ms: u64) -> Reply {
         let mut conn = self.conn.clone();
         let reply = redis::cmd("SET")
             .arg(key)
@@ -78,14 +109,9 @@ impl Node {
 
     /// Compare-and-delete: `Yes` when our key was deleted.
     pub(crate) async fn release(&self, scripts: &Scripts, key: &str, token: &str) -> Reply {
-        let mut conn = self.conn.clone();
-        let reply = scripts
-            .release
-            .key(key)
-            .arg(token)
-            .invoke_async::<i64>(&mut conn)
-            .await;
-        script_reply(reply)
+        let mut call = scripts.release.prepare_invoke();
+        call.key(key).arg(token);
+        self.repeatable(&call).await
     }
 
     /// Compare-and-expire: `Yes` when our key now lives `ttl_ms` more.
@@ -96,16 +122,29 @@ impl Node {
         token: &str,
         ttl_ms: u64,
     ) -> Reply {
-        let mut conn = self.conn.clone();
-        let reply = scripts
-            .extend
-            .key(key)
-            .arg(token)
-            .arg(ttl_ms)
-            .invoke_async::<i64>(&mut conn)
-            .await;
-        script_reply(reply)
+        let mut call = scripts.extend.prepare_invoke();
+        call.key(key).arg(token).arg(ttl_ms);
+        self.repeatable(&call).await
     }
+
+    /// Runs a script that is safe to repeat, once more on a fresh connection
+    /// if the first one dropped under it: a reset connection must not leave a
+    /// key behind for a whole TTL.
+    async fn repeatable(&self, call: &ScriptInvocation<'_>) -> Reply {
+        let mut conn = self.conn.clone();
+        match script_reply(call.invoke_async::<i64>(&mut conn).await) {
+            Reply::Unknown(Some(e)) if dropped(&e) => {
+                let mut conn = self.conn.clone();
+                script_reply(call.invoke_async::<i64>(&mut conn).await)
+            }
+            reply => reply,
+        }
+    }
+}
+
+/// The connection broke under the call; the manager is reconnecting.
+fn dropped(e: &RedisError) -> bool {
+    e.is_connection_dropped() || e.is_unrecoverable_error()
 }
 
 fn script_reply(reply: Result<i64, RedisError>) -> Reply {

@@ -294,7 +294,14 @@ async fn attempt(
     };
     let mut calls = inner.fan_out(|inner, i| {
         let (key, token) = (key.clone(), token.clone());
-        async move { (i, inner.nodes[i].set_nx_px(&key, &token, plan.ttl_ms).await) }
+        async move {
+            (
+                i,
+                inner.nodes[i]
+                    .acquire(&inner.scripts, &key, &token, plan.ttl_ms)
+                    .await,
+            )
+        }
     });
     let mut tally = Tally::new(inner.nodes.len());
     quorum::gather(
