@@ -7,6 +7,9 @@
 //! processes say they were skipped.
 #![allow(dead_code)]
 
+pub mod proxy;
+pub mod witness;
+
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
@@ -290,4 +293,20 @@ pub async fn no_key_anywhere(urls: &[String], key: &str, limit: Duration) {
         true
     })
     .await;
+}
+
+/// Serialises the tests that hold it: load tests compare rates measured in
+/// the same test, which other tests' load on 2 cores would distort.
+pub async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
+    static SERIAL: std::sync::OnceLock<tokio::sync::Mutex<()>> = std::sync::OnceLock::new();
+    SERIAL
+        .get_or_init(|| tokio::sync::Mutex::new(()))
+        .lock()
+        .await
+}
+
+/// Keys on the node at `url` (DBSIZE).
+pub async fn key_count(url: &str) -> usize {
+    let mut c = conn(url).await;
+    redis::cmd("DBSIZE").query_async(&mut c).await.unwrap()
 }
