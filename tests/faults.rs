@@ -288,3 +288,31 @@ async fn a_cancelled_acquire_leaves_no_key() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_read_only_replica_is_no_vote_and_is_reported() {
+    let Some(cluster) = support::cluster(2) else {
+        return;
+    };
+    let mut c = support::conn(&cluster.url(1)).await;
+    let _: () = redis::cmd("REPLICAOF")
+        .arg("127.0.0.1")
+        .arg(cluster.port(0))
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let redlock = Redlock::builder()
+        .nodes([cluster.url(1)])
+        .build()
+        .await
+        .unwrap();
+    let err = redlock
+        .try_acquire(&unique("replica"), Duration::from_secs(5))
+        .await
+        .unwrap_err();
+    let Error::Redis { votes: 0, quorum: 1, source } = &err else {
+        panic!("{err:?}")
+    };
+    assert_eq!(source.code(), Some("READONLY"), "{source}");
+    assert!(err.is_retryable() && !err.is_unavailable() && !err.is_contended());
+}
