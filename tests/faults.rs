@@ -310,7 +310,12 @@ async fn a_read_only_replica_is_no_vote_and_is_reported() {
         .try_acquire(&unique("replica"), Duration::from_secs(5))
         .await
         .unwrap_err();
-    let Error::Redis { votes: 0, quorum: 1, source } = &err else {
+    let Error::Redis {
+        votes: 0,
+        quorum: 1,
+        source,
+    } = &err
+    else {
         panic!("{err:?}")
     };
     assert_eq!(source.code(), Some("READONLY"), "{source}");
