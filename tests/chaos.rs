@@ -455,3 +455,27 @@ async fn two_of_three_down_then_back() {
     assert_safe("both back", &back);
     assert!(back.acquisitions > 20, "{back}");
 }
+
+#[test]
+fn the_proxy_forwards_whole_commands_only() {
+    use support::proxy::{encode, parse_command};
+    let cmd = b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$1\r\nv\r\n";
+    assert_eq!(parse_command(&cmd[..10]), None);
+    let (args, used) = parse_command(cmd).unwrap();
+    assert_eq!(used, cmd.len());
+    assert_eq!(encode(&args), cmd.to_vec());
+}
+
+#[test]
+fn the_proxy_scales_set_and_extend_ttls_for_a_fast_clock() {
+    use support::proxy::scale_ttls;
+    let args = |a: [&str; 6]| a.map(|s| s.as_bytes().to_vec()).to_vec();
+    assert_eq!(
+        scale_ttls(args(["SET", "k", "t", "NX", "PX", "3000"]), 1.5)[5],
+        b"2000"
+    );
+    assert_eq!(
+        scale_ttls(args(["EVALSHA", "abc", "1", "k", "t", "900"]), 1.5)[5],
+        b"600"
+    );
+}

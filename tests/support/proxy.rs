@@ -236,7 +236,7 @@ async fn replies(
 }
 
 /// Parses one RESP array of bulk strings; `None` until it is complete.
-fn parse_command(buf: &[u8]) -> Option<(Vec<Vec<u8>>, usize)> {
+pub fn parse_command(buf: &[u8]) -> Option<(Vec<Vec<u8>>, usize)> {
     fn line(buf: &[u8], at: usize) -> Option<(&[u8], usize)> {
         let end = buf[at..].windows(2).position(|w| w == b"\r\n")? + at;
         Some((&buf[at..end], end + 2))
@@ -259,7 +259,7 @@ fn parse_command(buf: &[u8]) -> Option<(Vec<Vec<u8>>, usize)> {
     Some((args, at))
 }
 
-fn encode(args: &[Vec<u8>]) -> Vec<u8> {
+pub fn encode(args: &[Vec<u8>]) -> Vec<u8> {
     let mut out = format!("*{}\r\n", args.len()).into_bytes();
     for a in args {
         out.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
@@ -271,7 +271,7 @@ fn encode(args: &[Vec<u8>]) -> Vec<u8> {
 
 /// Divides the TTL of `SET .. PX ms` and of quorumlock's extend script
 /// (`EVALSHA sha 1 key token ms`) by `speed`.
-fn scale_ttls(mut args: Vec<Vec<u8>>, speed: f64) -> Vec<Vec<u8>> {
+pub fn scale_ttls(mut args: Vec<Vec<u8>>, speed: f64) -> Vec<Vec<u8>> {
     if speed == 1.0 || args.is_empty() {
         return args;
     }
@@ -293,30 +293,4 @@ fn scale_ttls(mut args: Vec<Vec<u8>>, speed: f64) -> Vec<Vec<u8>> {
         }
     }
     args
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parses_whole_commands_only() {
-        let cmd = b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$1\r\nv\r\n";
-        assert_eq!(parse_command(&cmd[..10]), None);
-        let (args, used) = parse_command(cmd).unwrap();
-        assert_eq!(used, cmd.len());
-        assert_eq!(encode(&args), cmd.to_vec());
-    }
-
-    #[test]
-    fn scales_set_and_extend_ttls() {
-        let set: Vec<Vec<u8>> = ["SET", "k", "t", "NX", "PX", "3000"]
-            .map(|s| s.as_bytes().to_vec())
-            .to_vec();
-        assert_eq!(scale_ttls(set, 1.5)[5], b"2000");
-        let ext: Vec<Vec<u8>> = ["EVALSHA", "abc", "1", "k", "t", "900"]
-            .map(|s| s.as_bytes().to_vec())
-            .to_vec();
-        assert_eq!(scale_ttls(ext, 1.5)[5], b"600");
-    }
 }

@@ -1,0 +1,413 @@
+//! Run: `cargo bench --bench latency` (starts its own local nodes; set
+//! `REDLOCK_TEST_NODES=url,url,url` to use a running trio for the N = 3 rows).
+//!
+//! Measures quorumlock against the raw Redis floor in the same run: the same
+//! kind of connections (one `ConnectionManager` per node) used directly,
+//! `SET NX PX` to all nodes joined concurrently and the compare-and-delete
+//! script by EVALSHA, with no library in between. Every library figure is
+//! also given as a ratio to that floor, since absolute times on a shared
+//! machine drift. `BENCH_QUICK=1` makes a short smoke pass.
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::future::join_all;
+use quorumlock::{Redlock, RetryPolicy};
+use redis::aio::ConnectionManager;
+use redis::Script;
+
+const RELEASE: &str = include_str!("../src/scripts/release.lua");
+const TTL: Duration = Duration::from_secs(10);
+
+/// The floor: the same operations with no library in between.
+#[derive(Clone)]
+struct Raw {
+    conns: Vec<ConnectionManager>,
+    release: Arc<Script>,
+}
+
+impl Raw {
+    async fn connect(urls: &[String]) -> Self {
+        let mut conns = Vec::new();
+        for url in urls {
+            let client = redis::Client::open(url.as_str()).unwrap();
+            let config = redis::aio::ConnectionManagerConfig::new()
+                .set_response_timeout(None)
+                .set_number_of_retries(0);
+            conns.push(ConnectionManager::new_lazy_with_config(client, config).unwrap());
+        }
+        let raw = Self {
+            conns,
+            release: Arc::new(Script::new(RELEASE)),
+        };
+        let _ = tokio::time::timeout(Duration::from_millis(500), raw.acquire("warm", "up")).await;
+        raw.release("warm", "up").await;
+        raw
+    }
+
+    /// `SET NX PX` on every node at once; `true` with a majority of OKs.
+    async fn acquire(&self, key: &str, token: &str) -> bool {
+        let calls = self.conns.iter().map(|c| {
+            let mut c = c.clone();
+            async move {
+                redis::cmd("SET")
+                    .arg(key)
+                    .arg(token)
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(TTL.as_millis() as u64)
+                    .query_async::<Option<String>>(&mut c)
+                    .await
+            }
+        });
+        let ok = join_all(calls)
+            .await
+            .into_iter()
+            .filter(|r| matches!(r, Ok(Some(_))))
+            .count();
+        ok > self.conns.len() / 2
+    }
+
+    async fn release(&self, key: &str, token: &str) {
+        let calls = self.conns.iter().map(|c| {
+            let mut c = c.clone();
+            let script = self.release.clone();
+            async move { script.key(key).arg(token).invoke_async::<i64>(&mut c).await }
+        });
+        join_all(calls).await;
+    }
+}
+
+async fn library(urls: &[String], retry: RetryPolicy) -> Redlock {
+    Redlock::builder()
+        .nodes(urls.iter().map(String::as_str))
+        .retry(retry)
+        .build()
+        .await
+        .unwrap()
+}
+
+fn token() -> String {
+    format!("{:032x}", rand::random::<u128>())
+}
+
+fn pct(sorted: &[Duration], q: f64) -> Duration {
+    sorted[((sorted.len() - 1) as f64 * q) as usize]
+}
+
+/// p50 and p99 in microseconds.
+fn p50_p99(mut v: Vec<Duration>) -> (f64, f64) {
+    v.sort();
+    (
+        pct(&v, 0.5).as_secs_f64() * 1e6,
+        pct(&v, 0.99).as_secs_f64() * 1e6,
+    )
+}
+
+struct Table {
+    rows: Vec<(String, String, String, String)>,
+}
+
+impl Table {
+    fn row(&mut self, what: &str, floor: String, lib: String, ratio: String) {
+        println!("  {what:<48} floor {floor:>12}  quorumlock {lib:>12}  ratio {ratio}");
+        self.rows.push((what.to_string(), floor, lib, ratio));
+    }
+
+    fn print(&self) {
+        println!("\n| scenario | raw floor | quorumlock | ratio |\n|---|---|---|---|");
+        for (w, f, l, r) in &self.rows {
+            println!("| {w} | {f} | {l} | {r} |");
+        }
+    }
+}
+
+/// Scenario 1 (and 4, 5): uncontended acquire, and acquire + release,
+/// floor and library interleaved per iteration.
+async fn uncontended(urls: &[String], iterations: usize) -> [(f64, f64); 4] {
+    let raw = Raw::connect(urls).await;
+    let lib = library(urls, RetryPolicy::none()).await;
+    let (mut fa, mut far, mut la, mut lar) = (vec![], vec![], vec![], vec![]);
+    for i in 0..iterations {
+        let key = format!("bench:u:{i}");
+        let t = token();
+        let s = Instant::now();
+        assert!(raw.acquire(&key, &t).await);
+        fa.push(s.elapsed());
+        raw.release(&key, &t).await;
+        far.push(s.elapsed());
+
+        let s = Instant::now();
+        let lock = lib.try_acquire(&key, TTL).await.unwrap();
+        la.push(s.elapsed());
+        lock.release().await.unwrap();
+        lar.push(s.elapsed());
+    }
+    [p50_p99(fa), p50_p99(far), p50_p99(la), p50_p99(lar)]
+}
+
+/// Scenario 2: 64 tasks on distinct keys, acquire + release cycles per second.
+async fn throughput(urls: &[String], run: Duration) -> (f64, f64) {
+    let raw = Raw::connect(urls).await;
+    let lib = library(urls, RetryPolicy::none()).await;
+    let floor = {
+        let count = Arc::new(AtomicUsize::new(0));
+        let end = Instant::now() + run;
+        let tasks: Vec<_> = (0..64)
+            .map(|task| {
+                let (raw, count) = (raw.clone(), count.clone());
+                tokio::spawn(async move {
+                    let key = format!("bench:t:raw:{task}");
+                    while Instant::now() < end {
+                        let t = token();
+                        if raw.acquire(&key, &t).await {
+                            count.fetch_add(1, Ordering::Relaxed);
+                        }
+                        raw.release(&key, &t).await;
+                    }
+                })
+            })
+            .collect();
+        join_all(tasks).await;
+        count.load(Ordering::Relaxed) as f64 / run.as_secs_f64()
+    };
+    let library = {
+        let count = Arc::new(AtomicUsize::new(0));
+        let end = Instant::now() + run;
+        let tasks: Vec<_> = (0..64)
+            .map(|task| {
+                let (lib, count) = (lib.clone(), count.clone());
+                tokio::spawn(async move {
+                    let key = format!("bench:t:lib:{task}");
+                    while Instant::now() < end {
+                        if let Ok(lock) = lib.try_acquire(&key, TTL).await {
+                            count.fetch_add(1, Ordering::Relaxed);
+                            let _ = lock.release().await;
+                        }
+                    }
+                })
+            })
+            .collect();
+        join_all(tasks).await;
+        count.load(Ordering::Relaxed) as f64 / run.as_secs_f64()
+    };
+    (floor, library)
+}
+
+/// Scenario 3: 8 tasks contend for one key, holding it ~1 ms. Returns
+/// (acquisitions/s, handoff gap p50 µs) for the floor's 1 ms poll loop and
+/// for the library's `acquire`.
+async fn contended(urls: &[String], run: Duration) -> ((f64, f64), (f64, f64)) {
+    // Nanoseconds since `origin` of the last release, for handoff gaps.
+    async fn measure<F, Fut>(run: Duration, cycle: F) -> (f64, f64)
+    where
+        F: Fn(Arc<AtomicU64>, Instant, Arc<Mutex<Vec<Duration>>>) -> Fut,
+        Fut: std::future::Future<Output = usize> + Send + 'static,
+    {
+        let origin = Instant::now();
+        let released = Arc::new(AtomicU64::new(0));
+        let gaps = Arc::new(Mutex::new(Vec::new()));
+        let tasks: Vec<_> = (0..8)
+            .map(|_| tokio::spawn(cycle(released.clone(), origin, gaps.clone())))
+            .collect();
+        let total: usize = join_all(tasks).await.into_iter().map(Result::unwrap).sum();
+        let gaps = std::mem::take(&mut *gaps.lock().unwrap());
+        let (p50, _) = if gaps.is_empty() {
+            (f64::NAN, f64::NAN)
+        } else {
+            p50_p99(gaps)
+        };
+        (total as f64 / run.as_secs_f64(), p50)
+    }
+    fn gap(released: &AtomicU64, origin: Instant, gaps: &Mutex<Vec<Duration>>) {
+        let at = released.load(Ordering::SeqCst);
+        if at > 0 {
+            let now = origin.elapsed().as_nanos() as u64;
+            gaps.lock()
+                .unwrap()
+                .push(Duration::from_nanos(now.saturating_sub(at)));
+        }
+    }
+    let raw = Raw::connect(urls).await;
+    let end = Instant::now() + run;
+    let floor = measure(run, |released, origin, gaps| {
+        let raw = raw.clone();
+        async move {
+            let mut n = 0;
+            while Instant::now() < end {
+                let t = token();
+                if raw.acquire("bench:c:raw", &t).await {
+                    gap(&released, origin, &gaps);
+                    n += 1;
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                    released.store(origin.elapsed().as_nanos() as u64, Ordering::SeqCst);
+                    raw.release("bench:c:raw", &t).await;
+                } else {
+                    raw.release("bench:c:raw", &t).await;
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+            }
+            n
+        }
+    })
+    .await;
+    let lib = library(
+        urls,
+        RetryPolicy::new()
+            .attempts(u32::MAX)
+            .delay(Duration::from_millis(1))
+            .jitter(Duration::from_millis(1)),
+    )
+    .await;
+    let end = Instant::now() + run;
+    let library = measure(run, |released, origin, gaps| {
+        let lib = lib.clone();
+        async move {
+            let mut n = 0;
+            while Instant::now() < end {
+                let Ok(lock) = lib.acquire("bench:c:lib", TTL).await else {
+                    continue;
+                };
+                gap(&released, origin, &gaps);
+                n += 1;
+                tokio::time::sleep(Duration::from_millis(1)).await;
+                released.store(origin.elapsed().as_nanos() as u64, Ordering::SeqCst);
+                let _ = lock.release().await;
+            }
+            n
+        }
+    })
+    .await;
+    (floor, library)
+}
+
+fn us(v: f64) -> String {
+    format!("{v:.0} µs")
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    // `cargo bench` passes `--bench`; anything else is ignored.
+    let quick = std::env::var_os("BENCH_QUICK").is_some();
+    let iterations = if quick { 50 } else { 3000 };
+    let run = if quick {
+        Duration::from_millis(200)
+    } else {
+        Duration::from_secs(2)
+    };
+    let mut table = Table { rows: Vec::new() };
+
+    for n in [1usize, 3, 5] {
+        let (urls, _cluster) = match support::nodes(n) {
+            Some(nodes) => nodes,
+            None => continue,
+        };
+        println!("N = {n}");
+        let [fa, far, la, lar] = uncontended(&urls, iterations).await;
+        table.row(
+            &format!("N={n} (1) acquire p50"),
+            us(fa.0),
+            us(la.0),
+            format!("{:.2}x", la.0 / fa.0),
+        );
+        table.row(
+            &format!("N={n} (1) acquire p99"),
+            us(fa.1),
+            us(la.1),
+            format!("{:.2}x", la.1 / fa.1),
+        );
+        table.row(
+            &format!("N={n} (1) acquire+release p50"),
+            us(far.0),
+            us(lar.0),
+            format!("{:.2}x", lar.0 / far.0),
+        );
+        table.row(
+            &format!("N={n} (1) acquire+release p99"),
+            us(far.1),
+            us(lar.1),
+            format!("{:.2}x", lar.1 / far.1),
+        );
+        if n != 3 {
+            continue;
+        }
+        let (f, l) = throughput(&urls, run).await;
+        table.row(
+            "N=3 (2) 64 tasks, distinct keys, cycles/s",
+            format!("{f:.0}/s"),
+            format!("{l:.0}/s"),
+            format!("{:.2}x", l / f),
+        );
+        let ((fr, fg), (lr, lg)) = contended(&urls, run).await;
+        table.row(
+            "N=3 (3) 8 tasks, one key, acquisitions/s",
+            format!("{fr:.0}/s"),
+            format!("{lr:.0}/s"),
+            format!("{:.2}x", lr / fr),
+        );
+        table.row(
+            "N=3 (3) handoff gap p50",
+            us(fg),
+            us(lg),
+            format!("{:.2}x", lg / fg),
+        );
+        let base = la;
+
+        if let Some(mut cluster) = support::cluster(3) {
+            let urls = cluster.urls();
+            let lib = library(&urls, RetryPolicy::none()).await;
+            cluster.kill(2);
+            let mut v = Vec::new();
+            for i in 0..iterations {
+                let s = Instant::now();
+                let lock = lib.try_acquire(&format!("bench:k:{i}"), TTL).await.unwrap();
+                v.push(s.elapsed());
+                let _ = lock.release().await;
+            }
+            let (p50, p99) = p50_p99(v);
+            table.row(
+                "N=3 (4) one node killed: acquire p50 (vs (1))",
+                us(base.0),
+                us(p50),
+                format!("{:.2}x", p50 / base.0),
+            );
+            table.row(
+                "N=3 (4) one node killed: acquire p99 (vs (1))",
+                us(base.1),
+                us(p99),
+                format!("{:.2}x", p99 / base.1),
+            );
+        }
+        if let Some(cluster) = support::cluster(3) {
+            let urls = cluster.urls();
+            let lib = library(&urls, RetryPolicy::none()).await;
+            cluster.freeze(2);
+            let mut v = Vec::new();
+            for i in 0..iterations {
+                let s = Instant::now();
+                let lock = lib.try_acquire(&format!("bench:f:{i}"), TTL).await.unwrap();
+                v.push(s.elapsed());
+                let _ = lock.release().await;
+            }
+            cluster.thaw(2);
+            let (p50, p99) = p50_p99(v);
+            table.row(
+                "N=3 (5) one node frozen: acquire p50 (vs (1))",
+                us(base.0),
+                us(p50),
+                format!("{:.2}x", p50 / base.0),
+            );
+            table.row(
+                "N=3 (5) one node frozen: acquire p99 (vs (1))",
+                us(base.1),
+                us(p99),
+                format!("{:.2}x", p99 / base.1),
+            );
+        }
+    }
+    table.print();
+}
