@@ -40,6 +40,7 @@
 #![forbid(unsafe_code)]
 
 mod builder;
+mod cleanup;
 mod error;
 mod lock;
 mod node;

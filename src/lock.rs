@@ -2,13 +2,14 @@
 //! the lock from a detached task, so a panic or an early return never leaves
 //! the resource blocked for a whole TTL.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 
+use crate::cleanup::{in_flight, settle, Cleanup, InFlight};
 use crate::quorum::{self, Decision, Tally};
-use crate::redlock::{finish_in_background, Inner, Released};
+use crate::redlock::Inner;
 use crate::Error;
 
 /// Ownership of a resource on a quorum of nodes, until [`deadline`](Self::deadline).
@@ -21,12 +22,15 @@ use crate::Error;
 #[must_use = "dropping a Lock releases it at once"]
 pub struct Lock {
     inner: Arc<Inner>,
-    resource: Box<str>,
+    /// Key prefix + resource; `resource()` is the part after the prefix.
     key: Arc<str>,
     token: Arc<str>,
     ttl: Duration,
     deadline: Instant,
-    released: Arc<Released>,
+    /// The acquire's `SET`s whose replies had not come (see `cleanup`). In a
+    /// mutex only so that `Lock` is `Sync`; nothing contends for it.
+    late_sets: Mutex<Option<InFlight>>,
+    released: bool,
     lost: bool,
     /// Where a drop's release runs, even if the lock is dropped on a thread
     /// outside the runtime.
@@ -36,7 +40,7 @@ pub struct Lock {
 impl std::fmt::Debug for Lock {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Lock")
-            .field("resource", &self.resource)
+            .field("resource", &self.resource())
             .field("token", &self.token)
             .field("remaining", &self.remaining())
             .field("lost", &self.lost)
@@ -47,21 +51,20 @@ impl std::fmt::Debug for Lock {
 impl Lock {
     pub(crate) fn new(
         inner: Arc<Inner>,
-        resource: &str,
         key: Arc<str>,
         token: Arc<str>,
         ttl: Duration,
         deadline: Instant,
-        released: Arc<Released>,
+        late_sets: Option<InFlight>,
     ) -> Self {
         Self {
             inner,
-            resource: resource.into(),
             key,
             token,
             ttl,
             deadline,
-            released,
+            late_sets: Mutex::new(late_sets),
+            released: false,
             lost: false,
             runtime: tokio::runtime::Handle::try_current().ok(),
         }
@@ -69,7 +72,9 @@ impl Lock {
 
     /// The resource name as it was passed to `acquire`.
     pub fn resource(&self) -> &str {
-        &self.resource
+        self.key
+            .get(self.inner.key_prefix.len()..)
+            .unwrap_or_default()
     }
 
     /// The Redis key holding the lock (key prefix + resource).
@@ -124,7 +129,7 @@ impl Lock {
     /// # Ok(()) }
     /// ```
     pub async fn extend(&mut self, ttl: Duration) -> Result<(), Error> {
-        let plan = self.inner.plan(&self.resource, ttl)?;
+        let plan = self.inner.plan(self.resource(), ttl)?;
         let quorum = quorum::quorum(self.inner.nodes.len());
         let start = tokio::time::Instant::now();
         if self.lost || start.into_std() >= self.deadline {
@@ -143,7 +148,14 @@ impl Lock {
         let current = tokio::time::Instant::from_std(self.deadline);
         let deadline = (start + plan.node_deadline).min(current);
         quorum::gather(&mut (&mut calls).map(|(_, r)| r), &mut tally, deadline).await;
-        finish_in_background(calls, ttl);
+        Cleanup::release(
+            self.inner.clone(),
+            self.key.clone(),
+            self.token.clone(),
+            ttl,
+        )
+        .finishing(in_flight(calls))
+        .run(self.runtime.as_ref());
 
         let validity = quorum::validity(ttl, start.elapsed(), plan.drift);
         let in_time = Instant::now() < self.deadline;
@@ -157,15 +169,26 @@ impl Lock {
         }
     }
 
-    /// Starts the release unless one already started.
-    fn release_in_background(&self) {
-        if self.released.mark() {
-            self.inner.release_detached(
-                self.runtime.as_ref(),
-                self.key.clone(),
-                self.token.clone(),
-                self.ttl,
-            );
+    /// What releasing this lock involves, taking its late `SET`s along.
+    fn cleanup(&mut self) -> Cleanup {
+        let late_sets = match self.late_sets.get_mut() {
+            Ok(late) => late.take(),
+            Err(poisoned) => poisoned.into_inner().take(),
+        };
+        Cleanup::release(
+            self.inner.clone(),
+            self.key.clone(),
+            self.token.clone(),
+            self.ttl,
+        )
+        .with_late_sets(late_sets)
+    }
+
+    /// Starts the release in the background unless one already started.
+    fn release_in_background(&mut self) {
+        if !std::mem::replace(&mut self.released, true) {
+            let runtime = self.runtime.clone();
+            self.cleanup().run(runtime.as_ref());
         }
     }
 
@@ -174,7 +197,7 @@ impl Lock {
         self.lost = true;
         self.release_in_background();
         Error::Lost {
-            resource: self.resource.to_string(),
+            resource: self.resource().to_string(),
             votes,
             quorum,
         }
@@ -197,29 +220,20 @@ impl Lock {
     /// }
     /// # }
     /// ```
-    pub async fn release(self) -> Result<(), Error> {
-        // Marking first means a late SET reply seen after this point
-        // cleans up after itself (see `clean_up_late_sets`).
-        self.released.mark();
-        // A task of its own, so the release completes even if the caller's
-        // future is dropped while it runs.
-        let (inner, key, token, ttl) = (
-            self.inner.clone(),
-            self.key.clone(),
-            self.token.clone(),
-            self.ttl,
-        );
-        let task = tokio::spawn(async move { inner.release_everywhere(&key, &token, ttl).await });
-        let quorum = quorum::quorum(self.inner.nodes.len());
-        let Ok(tally) = task.await else {
-            // Only a runtime shutting down gets here; the keys expire.
-            return Err(Error::Unavailable {
-                votes: 0,
-                quorum,
-                source: None,
-            });
-        };
-        let votes = tally.votes();
+    pub async fn release(mut self) -> Result<(), Error> {
+        self.released = true;
+        let mut cleanup = self.cleanup();
+        // Replies already in belong to SETs that ran before the deletes we
+        // are about to send, which remove their keys.
+        settle(cleanup.late_sets_mut());
+        // If the caller stops awaiting midway, the guard releases in the
+        // background instead.
+        let mut guard = ReleaseGuard(Some(cleanup), self.runtime.clone());
+        let (tally, pending) = self.inner.release_quorum(&self.key, &self.token).await;
+        if let Some(cleanup) = guard.0.take() {
+            cleanup.finishing(pending).run(self.runtime.as_ref());
+        }
+        let (votes, quorum) = (tally.votes(), tally.quorum());
         if !self.lost && votes >= quorum {
             Ok(())
         } else if !self.lost && votes + tally.unknown() >= quorum {
@@ -230,10 +244,22 @@ impl Lock {
             })
         } else {
             Err(Error::Lost {
-                resource: self.resource.to_string(),
+                resource: self.resource().to_string(),
                 votes,
                 quorum,
             })
+        }
+    }
+}
+
+/// Runs a release's clean-up in the background if the release future is
+/// dropped before it finished.
+struct ReleaseGuard(Option<Cleanup>, Option<tokio::runtime::Handle>);
+
+impl Drop for ReleaseGuard {
+    fn drop(&mut self) {
+        if let Some(cleanup) = self.0.take() {
+            cleanup.run(self.1.as_ref());
         }
     }
 }

@@ -2,6 +2,10 @@
 //! makes on it. Every call returns a [`Reply`] instead of an error, because a
 //! node that fails is a missing vote, not a reason to stop the attempt.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{ConnectionInfo, ErrorKind, RedisError, Script, ScriptInvocation, Value};
 
@@ -27,18 +31,27 @@ impl Scripts {
 
 /// A connection to one node. `ConnectionManager` is a cheap clone around a
 /// multiplexed connection that reconnects by itself, so no lock guards it.
-#[derive(Clone)]
 pub(crate) struct Node {
     conn: ConnectionManager,
+    /// While the node refuses connections (it is down), calls are not even
+    /// tried until this time (milliseconds on `clock()`): each try would
+    /// cost a connect attempt on the hot path.
+    resting_until: AtomicU64,
+}
+
+/// How long a node that refused a connection is left alone.
+const REST: Duration = Duration::from_millis(100);
+
+/// Milliseconds on a process-wide monotonic clock.
+fn clock() -> u64 {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    u64::try_from(EPOCH.get_or_init(Instant::now).elapsed().as_millis()).unwrap_or(u64::MAX)
 }
 
 impl Node {
     /// Creates the connection lazily: a node that is down at start-up counts
     /// as unknown until it comes back, and does not fail the build.
-    pub(crate) fn new(
-        info: ConnectionInfo,
-        connect_timeout: std::time::Duration,
-    ) -> Result<Self, RedisError> {
+    pub(crate) fn new(info: ConnectionInfo, connect_timeout: Duration) -> Result<Self, RedisError> {
         let client = redis::Client::open(info)?;
         let config = ConnectionManagerConfig::new()
             // Deadlines belong to the lock algorithm, not to the transport:
@@ -50,7 +63,25 @@ impl Node {
             // call, instead of queueing calls behind a backoff loop.
             .set_number_of_retries(0);
         let conn = ConnectionManager::new_lazy_with_config(client, config)?;
-        Ok(Self { conn })
+        Ok(Self {
+            conn,
+            resting_until: AtomicU64::new(0),
+        })
+    }
+
+    fn resting(&self) -> bool {
+        clock() < self.resting_until.load(Ordering::Relaxed)
+    }
+
+    /// Notes a refused connection: the node is down, leave it alone a while.
+    fn observe(&self, reply: Reply) -> Reply {
+        if let Reply::Unknown(Some(e)) = &reply {
+            if e.is_connection_refusal() {
+                let until = clock().saturating_add(REST.as_millis() as u64);
+                self.resting_until.store(until, Ordering::Relaxed);
+            }
+        }
+        reply
     }
 
     /// Opens the connection now, so the first lock does not pay for it;
@@ -73,7 +104,10 @@ impl Node {
         token: &str,
         ttl_ms: u64,
     ) -> Reply {
-        match self.set_nx_px(key, token, ttl_ms).await {
+        if self.resting() {
+            return Reply::Unknown(None);
+        }
+        let reply = match self.set_nx_px(key, token, ttl_ms).await {
             Reply::Unknown(Some(e)) if dropped(&e) => {
                 let mut conn = self.conn.clone();
                 let reply = scripts
@@ -86,7 +120,8 @@ impl Node {
                 script_reply(reply)
             }
             reply => reply,
-        }
+        };
+        self.observe(reply)
     }
 
     async fn set_nx_px(&self, key: &str, token: &str, ttl_ms: u64) -> Reply {
@@ -131,14 +166,18 @@ impl Node {
     /// if the first one dropped under it: a reset connection must not leave a
     /// key behind for a whole TTL.
     async fn repeatable(&self, call: &ScriptInvocation<'_>) -> Reply {
+        if self.resting() {
+            return Reply::Unknown(None);
+        }
         let mut conn = self.conn.clone();
-        match script_reply(call.invoke_async::<i64>(&mut conn).await) {
+        let reply = match script_reply(call.invoke_async::<i64>(&mut conn).await) {
             Reply::Unknown(Some(e)) if dropped(&e) => {
                 let mut conn = self.conn.clone();
                 script_reply(call.invoke_async::<i64>(&mut conn).await)
             }
             reply => reply,
-        }
+        };
+        self.observe(reply)
     }
 }
 

@@ -2,7 +2,6 @@
 //! lets [`quorum`](crate::quorum) decide, and makes sure that whatever the
 //! outcome (or a cancelled caller) nothing is left locked.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,6 +10,7 @@ use futures::{Future, StreamExt};
 use tokio::time::Instant;
 
 use crate::builder::{Builder, RetryPolicy};
+use crate::cleanup::{in_flight, Cleanup, InFlight};
 use crate::lock::Lock;
 use crate::node::{Node, Scripts};
 use crate::quorum::{self, Decision, Reply, Tally};
@@ -25,22 +25,6 @@ pub(crate) struct Inner {
     pub(crate) drift_factor: f64,
     pub(crate) drift_floor: Duration,
     pub(crate) key_prefix: String,
-}
-
-/// Whether a lock's keys are being or have been removed. Late `SET` replies
-/// look at it to decide whether they must clean up after themselves.
-#[derive(Default)]
-pub(crate) struct Released(AtomicBool);
-
-impl Released {
-    /// Marks the lock released; `true` if this call was the first to do so.
-    pub(crate) fn mark(&self) -> bool {
-        !self.0.swap(true, Ordering::SeqCst)
-    }
-
-    pub(crate) fn is_set(&self) -> bool {
-        self.0.load(Ordering::SeqCst)
-    }
 }
 
 /// A lock manager over N independent Redis nodes. Cheap to clone; clones
@@ -164,8 +148,12 @@ impl Redlock {
     /// ```
     pub async fn try_acquire(&self, resource: &str, ttl: Duration) -> Result<Lock, Error> {
         let plan = self.inner.plan(resource, ttl)?;
-        let key: Arc<str> = self.key(resource).into();
-        attempt(&self.inner, resource, key, ttl, plan).await
+        let key: Arc<str> = if self.inner.key_prefix.is_empty() {
+            Arc::from(resource)
+        } else {
+            Arc::from(self.key(resource))
+        };
+        attempt(&self.inner, key, ttl, plan).await
     }
 }
 
@@ -213,15 +201,14 @@ impl Inner {
     }
 
     /// Compare-and-delete on every node, waiting until a quorum confirmed it
-    /// (or cannot), at most the node timeout. The other calls are already on
-    /// the wire and finish in the background, so a frozen node still gets its
-    /// delete when it thaws, and a slow one costs the caller nothing.
-    pub(crate) async fn release_everywhere(
+    /// (or cannot), at most the node timeout. The calls still running are
+    /// returned: they are on the wire already, so a frozen node still gets
+    /// its delete when it thaws, and a slow one costs the caller nothing.
+    pub(crate) async fn release_quorum(
         self: &Arc<Self>,
         key: &Arc<str>,
         token: &Arc<str>,
-        ttl: Duration,
-    ) -> Tally {
+    ) -> (Tally, Option<InFlight>) {
         let mut calls = self.fan_out(|inner, i| {
             let (key, token) = (key.clone(), token.clone());
             async move {
@@ -234,55 +221,19 @@ impl Inner {
         let mut tally = Tally::new(self.nodes.len());
         let deadline = Instant::now() + self.node_timeout;
         quorum::gather(&mut (&mut calls).map(|(_, r)| r), &mut tally, deadline).await;
-        finish_in_background(calls, ttl);
-        tally
+        (tally, in_flight(calls))
     }
-
-    /// Starts a release without waiting for it (drop, cancellation, loss),
-    /// on `runtime` or else the current one.
-    pub(crate) fn release_detached(
-        self: &Arc<Self>,
-        runtime: Option<&tokio::runtime::Handle>,
-        key: Arc<str>,
-        token: Arc<str>,
-        ttl: Duration,
-    ) {
-        let current = tokio::runtime::Handle::try_current().ok();
-        // Without any runtime nothing can be sent; the keys expire with the TTL.
-        if let Some(runtime) = runtime.or(current.as_ref()) {
-            let inner = self.clone();
-            runtime.spawn(async move {
-                inner.release_everywhere(&key, &token, ttl).await;
-            });
-        }
-    }
-}
-
-/// Lets calls that missed their deadline run to completion (at most `cap`),
-/// so late replies are read and any script retry (NOSCRIPT) still happens.
-pub(crate) fn finish_in_background<Fut>(mut calls: FuturesUnordered<Fut>, cap: Duration)
-where
-    Fut: Future + Send + 'static,
-    Fut::Output: Send,
-{
-    if calls.is_empty() {
-        return;
-    }
-    tokio::spawn(async move {
-        let _ = tokio::time::timeout(cap, async { while calls.next().await.is_some() {} }).await;
-    });
 }
 
 /// One attempt: the whole of REDLOCK.md's "Acquire" section.
 async fn attempt(
     inner: &Arc<Inner>,
-    resource: &str,
     key: Arc<str>,
     ttl: Duration,
     plan: Plan,
 ) -> Result<Lock, Error> {
     let start = Instant::now();
-    let token: Arc<str> = new_token().into();
+    let token = new_token();
     // Armed from the first SET on: if this future is dropped midway, the
     // guard removes whatever landed.
     let mut guard = AttemptGuard {
@@ -312,26 +263,24 @@ async fn attempt(
     .await;
     let elapsed = start.elapsed();
     let validity = quorum::validity(ttl, elapsed, plan.drift);
-    let released = Arc::new(Released::default());
+    guard.armed = false;
 
     if let (Some(Decision::Won), Some(validity)) = (tally.decision(), validity) {
-        guard.armed = false;
-        clean_up_late_sets(inner, calls, &key, &token, released.clone(), ttl);
+        // SETs still out stay with the lock, so its release can see them.
         return Ok(Lock::new(
             inner.clone(),
-            resource,
             key,
             token,
             ttl,
             (start + validity).into_std(),
-            released,
+            in_flight(calls),
         ));
     }
 
-    // The guard's release runs as its own task: the caller can retry at once.
-    released.mark();
-    clean_up_late_sets(inner, calls, &key, &token, released, ttl);
-    drop(guard);
+    // Released in the background: the caller can retry at once.
+    Cleanup::release(inner.clone(), key, token, ttl)
+        .with_late_sets(in_flight(calls))
+        .run(None);
     Err(match validity {
         None if tally.decision() == Some(Decision::Won) => {
             Error::ValidityExhausted { elapsed, ttl }
@@ -360,39 +309,6 @@ fn failure(tally: &Tally) -> Error {
     }
 }
 
-/// Watches `SET`s still in flight when the attempt was decided. One that
-/// lands after the lock was released (or after the attempt failed) would
-/// block that node for a whole TTL, so it gets its own compare-and-delete.
-fn clean_up_late_sets<Fut>(
-    inner: &Arc<Inner>,
-    mut calls: FuturesUnordered<Fut>,
-    key: &Arc<str>,
-    token: &Arc<str>,
-    released: Arc<Released>,
-    ttl: Duration,
-) where
-    Fut: Future<Output = (usize, Reply)> + Send + 'static,
-{
-    if calls.is_empty() {
-        return;
-    }
-    let (inner, key, token) = (inner.clone(), key.clone(), token.clone());
-    tokio::spawn(async move {
-        let watch = async {
-            while let Some((i, reply)) = calls.next().await {
-                // A refusal or an error reply means our SET did not land.
-                let may_have_landed = matches!(reply, Reply::Yes | Reply::Unknown(_));
-                if may_have_landed && released.is_set() {
-                    let node = &inner.nodes[i];
-                    let _ =
-                        tokio::time::timeout(ttl, node.release(&inner.scripts, &key, &token)).await;
-                }
-            }
-        };
-        let _ = tokio::time::timeout(ttl, watch).await;
-    });
-}
-
 /// Removes an attempt's keys unless the attempt won: after a failed vote,
 /// and when the caller drops the attempt midway.
 struct AttemptGuard {
@@ -406,20 +322,42 @@ struct AttemptGuard {
 impl Drop for AttemptGuard {
     fn drop(&mut self) {
         if self.armed {
-            self.inner
-                .release_detached(None, self.key.clone(), self.token.clone(), self.ttl);
+            Cleanup::release(
+                self.inner.clone(),
+                self.key.clone(),
+                self.token.clone(),
+                self.ttl,
+            )
+            .run(None);
         }
     }
 }
 
 /// 128 random bits from a CSPRNG, as 32 hex digits readable in `redis-cli`.
-fn new_token() -> String {
-    format!("{:032x}", rand::random::<u128>())
+fn new_token() -> Arc<str> {
+    token_text(rand::random())
+}
+
+fn token_text(bits: u128) -> Arc<str> {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut text = [0u8; 32];
+    for (i, c) in text.iter_mut().enumerate() {
+        *c = HEX[((bits >> (124 - 4 * i)) & 0xf) as usize];
+    }
+    // Hex digits are ASCII, so this cannot fail.
+    Arc::from(std::str::from_utf8(&text).unwrap_or_default())
 }
 
 #[cfg(test)]
 mod tests {
-    use super::new_token;
+    use super::{new_token, token_text};
+
+    #[test]
+    fn token_text_is_zero_padded_lowercase_hex() {
+        let bits = 0x0123_4567_89ab_cdef_0000_0000_0000_00ffu128;
+        assert_eq!(&*token_text(bits), format!("{bits:032x}"));
+        assert_eq!(&*token_text(0), "0".repeat(32));
+    }
 
     #[test]
     fn tokens_are_128_bit_hex_and_fresh() {

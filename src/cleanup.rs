@@ -1,0 +1,168 @@
+//! What stays on the wire once a caller has its answer: `SET`s whose reply
+//! came after the vote was decided, and deletes beyond the quorum. They are
+//! finished here, without making the caller wait, and only spawn a task
+//! when something is really still pending.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::stream::FuturesUnordered;
+use futures::{Future, FutureExt, Stream, StreamExt};
+
+use crate::quorum::Reply;
+use crate::redlock::Inner;
+
+/// Calls still in flight, each yielding its node index and reply.
+pub(crate) type InFlight = Pin<Box<dyn Stream<Item = (usize, Reply)> + Send>>;
+
+/// The unfinished business of one lock (or one failed attempt).
+pub(crate) struct Cleanup {
+    inner: Arc<Inner>,
+    key: Arc<str>,
+    token: Arc<str>,
+    ttl: Duration,
+    /// `SET`s of the acquire whose replies had not come.
+    late_sets: Option<InFlight>,
+    /// Calls sent (deletes, extends), replies not yet read.
+    pending: Option<InFlight>,
+    /// Nodes where a late `SET` landed after the release: delete again.
+    redelete: Vec<usize>,
+    /// Send a compare-and-delete to every node first.
+    release_all: bool,
+}
+
+impl Cleanup {
+    /// A clean-up that releases the lock on every node.
+    pub(crate) fn release(
+        inner: Arc<Inner>,
+        key: Arc<str>,
+        token: Arc<str>,
+        ttl: Duration,
+    ) -> Self {
+        Self {
+            inner,
+            key,
+            token,
+            ttl,
+            late_sets: None,
+            pending: None,
+            redelete: Vec::new(),
+            release_all: true,
+        }
+    }
+
+    /// Also watch these `SET`s: any that lands gets its own delete.
+    pub(crate) fn with_late_sets(mut self, late_sets: Option<InFlight>) -> Self {
+        self.late_sets = late_sets;
+        self
+    }
+
+    pub(crate) fn late_sets_mut(&mut self) -> &mut Option<InFlight> {
+        &mut self.late_sets
+    }
+
+    /// Nothing new to send: only finish `pending` (and any late sets).
+    pub(crate) fn finishing(mut self, pending: Option<InFlight>) -> Self {
+        self.release_all = false;
+        self.pending = pending;
+        self
+    }
+
+    /// Finishes what can be finished now; spawns a task (on `runtime`, or
+    /// else the current one) for the rest. Without any runtime nothing can
+    /// be sent, and the keys expire with their TTL.
+    pub(crate) fn run(mut self, runtime: Option<&tokio::runtime::Handle>) {
+        if !self.release_all && self.drain_ready() {
+            return;
+        }
+        let current = tokio::runtime::Handle::try_current().ok();
+        if let Some(runtime) = runtime.or(current.as_ref()) {
+            runtime.spawn(self.finish());
+        }
+    }
+
+    /// Reads replies that are already in; `true` when nothing is left.
+    fn drain_ready(&mut self) -> bool {
+        drain(&mut self.pending, |_| {});
+        let redelete = &mut self.redelete;
+        drain(&mut self.late_sets, |(i, reply)| {
+            if may_have_landed(&reply) {
+                redelete.push(i);
+            }
+        });
+        self.pending.is_none() && self.late_sets.is_none() && self.redelete.is_empty()
+    }
+
+    async fn finish(mut self) {
+        let Self {
+            inner,
+            key,
+            token,
+            ttl,
+            ..
+        } = &self;
+        let (inner, key, token, ttl) = (inner.clone(), key.clone(), token.clone(), *ttl);
+        let work = async {
+            if self.release_all {
+                let (_, leftover) = inner.release_quorum(&key, &token).await;
+                self.pending = leftover;
+            }
+            for i in std::mem::take(&mut self.redelete) {
+                inner.nodes[i].release(&inner.scripts, &key, &token).await;
+            }
+            let pending = async {
+                if let Some(p) = self.pending.as_mut() {
+                    while p.next().await.is_some() {}
+                }
+            };
+            let late = async {
+                if let Some(sets) = self.late_sets.as_mut() {
+                    while let Some((i, reply)) = sets.next().await {
+                        if may_have_landed(&reply) {
+                            inner.nodes[i].release(&inner.scripts, &key, &token).await;
+                        }
+                    }
+                }
+            };
+            futures::join!(pending, late);
+        };
+        // After a TTL every key of ours has expired anyway.
+        let _ = tokio::time::timeout(ttl, work).await;
+    }
+}
+
+/// A refusal or an error reply means our `SET` did not land; anything else
+/// (yes, or no answer) means it may have.
+fn may_have_landed(reply: &Reply) -> bool {
+    matches!(reply, Reply::Yes | Reply::Unknown(_))
+}
+
+/// Reads the late `SET` replies already in, before a release sends its
+/// deletes: those `SET`s ran before the deletes, which remove their keys.
+pub(crate) fn settle(late_sets: &mut Option<InFlight>) {
+    drain(late_sets, |_| {});
+}
+
+/// Boxes the calls still running, if any.
+pub(crate) fn in_flight<F>(calls: FuturesUnordered<F>) -> Option<InFlight>
+where
+    F: Future<Output = (usize, Reply)> + Send + 'static,
+{
+    (!calls.is_empty()).then(|| Box::pin(calls) as InFlight)
+}
+
+/// Feeds every reply already available to `on`; drops the stream once done.
+fn drain(stream: &mut Option<InFlight>, mut on: impl FnMut((usize, Reply))) {
+    let Some(s) = stream.as_mut() else { return };
+    loop {
+        match s.next().now_or_never() {
+            Some(Some(item)) => on(item),
+            Some(None) => {
+                *stream = None;
+                return;
+            }
+            None => return,
+        }
+    }
+}
