@@ -151,10 +151,13 @@ async fn uncontended(urls: &[String], iterations: usize) -> [(f64, f64); 4] {
 }
 
 /// Scenario 2: 64 tasks on distinct keys, acquire + release cycles per second.
-async fn throughput(urls: &[String], run: Duration) -> (f64, f64) {
+/// `which` is "both", "floor" or "library" (for profiling one side).
+async fn throughput(urls: &[String], run: Duration, which: &str) -> (f64, f64) {
     let raw = Raw::connect(urls).await;
     let lib = library(urls, RetryPolicy::none()).await;
-    let floor = {
+    let floor = if which == "library" {
+        0.0
+    } else {
         let count = Arc::new(AtomicUsize::new(0));
         let end = Instant::now() + run;
         let tasks: Vec<_> = (0..64)
@@ -175,7 +178,9 @@ async fn throughput(urls: &[String], run: Duration) -> (f64, f64) {
         join_all(tasks).await;
         count.load(Ordering::Relaxed) as f64 / run.as_secs_f64()
     };
-    let library = {
+    let library = if which == "floor" {
+        0.0
+    } else {
         let count = Arc::new(AtomicUsize::new(0));
         let end = Instant::now() + run;
         let tasks: Vec<_> = (0..64)
@@ -293,6 +298,8 @@ fn us(v: f64) -> String {
 async fn main() {
     // `cargo bench` passes `--bench`; anything else is ignored.
     let quick = std::env::var_os("BENCH_QUICK").is_some();
+    // BENCH_ONLY=floor|library|both runs scenario 2 alone (for profiling).
+    let only = std::env::var("BENCH_ONLY").ok();
     let iterations = if quick { 50 } else { 3000 };
     let run = if quick {
         Duration::from_millis(200)
@@ -301,13 +308,15 @@ async fn main() {
     };
     let mut table = Table { rows: Vec::new() };
 
-    for n in [1usize, 3, 5] {
+    let sizes: &[usize] = if only.is_some() { &[3] } else { &[1, 3, 5] };
+    for &n in sizes {
         let (urls, _cluster) = match support::nodes(n) {
             Some(nodes) => nodes,
             None => continue,
         };
         println!("N = {n}");
-        let [fa, far, la, lar] = uncontended(&urls, iterations).await;
+        let [fa, far, la, lar] =
+            uncontended(&urls, if only.is_some() { 10 } else { iterations }).await;
         table.row(
             &format!("N={n} (1) acquire p50"),
             us(fa.0),
@@ -335,7 +344,12 @@ async fn main() {
         if n != 3 {
             continue;
         }
-        let (f, l) = throughput(&urls, run).await;
+        if let Some(which) = only.as_deref() {
+            let (f, l) = throughput(&urls, run * 3, which).await;
+            println!("64-task throughput, {which}: floor {f:.0}/s, quorumlock {l:.0}/s");
+            return;
+        }
+        let (f, l) = throughput(&urls, run, "both").await;
         table.row(
             "N=3 (2) 64 tasks, distinct keys, cycles/s",
             format!("{f:.0}/s"),

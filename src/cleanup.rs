@@ -7,9 +7,9 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::stream::FuturesUnordered;
 use futures::{Future, FutureExt, Stream, StreamExt};
 
+use crate::fanout::Fanout;
 use crate::quorum::Reply;
 use crate::redlock::Inner;
 
@@ -145,7 +145,7 @@ pub(crate) fn settle(late_sets: &mut Option<InFlight>) {
 }
 
 /// Boxes the calls still running, if any.
-pub(crate) fn in_flight<F>(calls: FuturesUnordered<F>) -> Option<InFlight>
+pub(crate) fn in_flight<F>(calls: Fanout<F>) -> Option<InFlight>
 where
     F: Future<Output = (usize, Reply)> + Send + 'static,
 {

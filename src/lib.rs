@@ -42,6 +42,7 @@
 mod builder;
 mod cleanup;
 mod error;
+mod fanout;
 mod lock;
 mod node;
 mod quorum;
