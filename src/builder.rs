@@ -9,6 +9,7 @@ use redis::{ConnectionInfo, IntoConnectionInfo, RedisError};
 
 use crate::node::{Node, Scripts};
 use crate::redlock::{Inner, Redlock};
+use crate::wake::Wakeups;
 use crate::Error;
 
 /// How [`Redlock::acquire`] retries a failed attempt. Each retry is a whole
@@ -204,9 +205,13 @@ impl Builder {
             return Err(Error::Config("drift factor must be in 0.0..1.0"));
         }
         let mut nodes = Vec::with_capacity(self.nodes.len());
+        let mut clients = Vec::with_capacity(self.nodes.len());
         for (index, info) in self.nodes.into_iter().enumerate() {
             let node = info
-                .and_then(|info| Node::new(info, self.connect_timeout))
+                .and_then(|info| {
+                    clients.push(redis::Client::open(info.clone())?);
+                    Node::new(info, self.connect_timeout)
+                })
                 .map_err(|source| Error::InvalidNode { index, source })?;
             nodes.push(node);
         }
@@ -219,6 +224,7 @@ impl Builder {
             drift_factor: self.drift_factor,
             drift_floor: self.drift_floor,
             key_prefix: self.key_prefix,
+            wakeups: Arc::new(Wakeups::new(clients, self.connect_timeout)),
         })))
     }
 }

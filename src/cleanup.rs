@@ -30,11 +30,27 @@ pub(crate) struct Cleanup {
     redelete: Vec<usize>,
     /// Send a compare-and-delete to every node first.
     release_all: bool,
+    /// Wake waiters when deleting (a holder's release, not a failed attempt).
+    announce: bool,
 }
 
 impl Cleanup {
-    /// A clean-up that releases the lock on every node.
+    /// A clean-up that releases a held lock on every node, waking waiters.
     pub(crate) fn release(
+        inner: Arc<Inner>,
+        key: Arc<str>,
+        token: Arc<str>,
+        ttl: Duration,
+    ) -> Self {
+        Self {
+            announce: true,
+            ..Self::discard(inner, key, token, ttl)
+        }
+    }
+
+    /// A clean-up that removes what a failed or abandoned attempt set,
+    /// without waking anyone.
+    pub(crate) fn discard(
         inner: Arc<Inner>,
         key: Arc<str>,
         token: Arc<str>,
@@ -49,6 +65,7 @@ impl Cleanup {
             pending: None,
             redelete: Vec::new(),
             release_all: true,
+            announce: false,
         }
     }
 
@@ -105,11 +122,13 @@ impl Cleanup {
         let (inner, key, token, ttl) = (inner.clone(), key.clone(), token.clone(), *ttl);
         let work = async {
             if self.release_all {
-                let (_, leftover) = inner.release_quorum(&key, &token).await;
+                let (_, leftover) = inner.release_quorum(&key, &token, self.announce).await;
                 self.pending = leftover;
             }
             for i in std::mem::take(&mut self.redelete) {
-                inner.nodes[i].release(&inner.scripts, &key, &token).await;
+                inner.nodes[i]
+                    .release(&inner.scripts, &key, &token, false)
+                    .await;
             }
             let pending = async {
                 if let Some(p) = self.pending.as_mut() {
@@ -120,7 +139,9 @@ impl Cleanup {
                 if let Some(sets) = self.late_sets.as_mut() {
                     while let Some((i, reply)) = sets.next().await {
                         if may_have_landed(&reply) {
-                            inner.nodes[i].release(&inner.scripts, &key, &token).await;
+                            inner.nodes[i]
+                                .release(&inner.scripts, &key, &token, false)
+                                .await;
                         }
                     }
                 }

@@ -47,6 +47,7 @@ mod lock;
 mod node;
 mod quorum;
 mod redlock;
+mod wake;
 
 pub use builder::{Builder, RetryPolicy};
 pub use error::Error;

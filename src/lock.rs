@@ -229,7 +229,10 @@ impl Lock {
         // If the caller stops awaiting midway, the guard releases in the
         // background instead.
         let mut guard = ReleaseGuard(Some(cleanup), self.runtime.clone());
-        let (tally, pending) = self.inner.release_quorum(&self.key, &self.token).await;
+        let (tally, pending) = self
+            .inner
+            .release_quorum(&self.key, &self.token, true)
+            .await;
         if let Some(cleanup) = guard.0.take() {
             cleanup.finishing(pending).run(self.runtime.as_ref());
         }

@@ -15,6 +15,7 @@ use crate::quorum::Reply;
 /// back to loading them after a node restart forgot them).
 pub(crate) struct Scripts {
     release: Script,
+    discard: Script,
     extend: Script,
     acquire_retry: Script,
 }
@@ -23,6 +24,7 @@ impl Scripts {
     pub(crate) fn new() -> Self {
         Self {
             release: Script::new(include_str!("scripts/release.lua")),
+            discard: Script::new(include_str!("scripts/discard.lua")),
             extend: Script::new(include_str!("scripts/extend.lua")),
             acquire_retry: Script::new(include_str!("scripts/acquire_retry.lua")),
         }
@@ -142,9 +144,22 @@ impl Node {
         }
     }
 
-    /// Compare-and-delete: `Yes` when our key was deleted.
-    pub(crate) async fn release(&self, scripts: &Scripts, key: &str, token: &str) -> Reply {
-        let mut call = scripts.release.prepare_invoke();
+    /// Compare-and-delete: `Yes` when our key was deleted. With `announce`,
+    /// waiters are told the resource is free (a holder's release); without,
+    /// nobody is (a failed attempt cleaning up).
+    pub(crate) async fn release(
+        &self,
+        scripts: &Scripts,
+        key: &str,
+        token: &str,
+        announce: bool,
+    ) -> Reply {
+        let script = if announce {
+            &scripts.release
+        } else {
+            &scripts.discard
+        };
+        let mut call = script.prepare_invoke();
         call.key(key).arg(token);
         self.repeatable(&call).await
     }

@@ -14,6 +14,7 @@ use crate::fanout::Fanout;
 use crate::lock::Lock;
 use crate::node::{Node, Scripts};
 use crate::quorum::{self, Decision, Reply, Tally};
+use crate::wake::{Wakeups, Watch};
 use crate::Error;
 
 /// Shared by a [`Redlock`] and every lock it hands out.
@@ -25,6 +26,7 @@ pub(crate) struct Inner {
     pub(crate) drift_factor: f64,
     pub(crate) drift_floor: Duration,
     pub(crate) key_prefix: String,
+    pub(crate) wakeups: Arc<Wakeups>,
 }
 
 /// A lock manager over N independent Redis nodes. Cheap to clone; clones
@@ -110,8 +112,16 @@ impl Redlock {
     pub async fn acquire(&self, resource: &str, ttl: Duration) -> Result<Lock, Error> {
         let started = Instant::now();
         let policy = &self.inner.retry;
+        // Set up once the resource was found held: wakes us on its release.
+        let mut watch: Option<Watch> = None;
         let mut attempt = 1;
         loop {
+            // Armed before the attempt, so a release racing it is not missed.
+            let notify = watch.as_ref().map(Watch::notify);
+            let mut released = notify.as_ref().map(|n| Box::pin(n.notified()));
+            if let Some(released) = released.as_mut() {
+                released.as_mut().enable();
+            }
             let err = match self.try_acquire(resource, ttl).await {
                 Ok(lock) => return Ok(lock),
                 Err(err) => err,
@@ -125,7 +135,28 @@ impl Redlock {
                     return Err(err);
                 }
             }
-            tokio::time::sleep(wait).await;
+            if err.is_contended() && watch.is_none() {
+                // Once subscribed, try again at once: a release between the
+                // failed attempt and the subscription would be missed.
+                let key = self.key(resource);
+                watch = Some(self.inner.wakeups.watch(&key, wait).await);
+                attempt += 1;
+                continue;
+            }
+            match released {
+                Some(released) => {
+                    tokio::select! {
+                        () = released => {
+                            // Every waiter hears the same release; a random
+                            // head start lets one of them win it alone
+                            // instead of all of them splitting the votes.
+                            tokio::time::sleep(wake_jitter()).await;
+                        }
+                        () = tokio::time::sleep(wait) => {}
+                    }
+                }
+                None => tokio::time::sleep(wait).await,
+            }
             attempt += 1;
         }
     }
@@ -208,13 +239,16 @@ impl Inner {
         self: &Arc<Self>,
         key: &Arc<str>,
         token: &Arc<str>,
+        announce: bool,
     ) -> (Tally, Option<InFlight>) {
         let mut calls = self.fan_out(|inner, i| {
             let (key, token) = (key.clone(), token.clone());
             async move {
                 (
                     i,
-                    inner.nodes[i].release(&inner.scripts, &key, &token).await,
+                    inner.nodes[i]
+                        .release(&inner.scripts, &key, &token, announce)
+                        .await,
                 )
             }
         });
@@ -283,7 +317,7 @@ async fn attempt(
     }
 
     // Released in the background: the caller can retry at once.
-    Cleanup::release(inner.clone(), key, token, ttl)
+    Cleanup::discard(inner.clone(), key, token, ttl)
         .with_late_sets(in_flight(calls))
         .run(None);
     Err(match validity {
@@ -327,7 +361,7 @@ struct AttemptGuard {
 impl Drop for AttemptGuard {
     fn drop(&mut self) {
         if self.armed {
-            Cleanup::release(
+            Cleanup::discard(
                 self.inner.clone(),
                 self.key.clone(),
                 self.token.clone(),
@@ -336,6 +370,12 @@ impl Drop for AttemptGuard {
             .run(None);
         }
     }
+}
+
+/// Up to 100 µs: other managers woken by the same release start a little
+/// apart, so one of them usually wins alone.
+fn wake_jitter() -> Duration {
+    Duration::from_micros(rand::random_range(0..100))
 }
 
 /// 128 random bits from a CSPRNG, as 32 hex digits readable in `redis-cli`.

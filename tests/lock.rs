@@ -134,11 +134,22 @@ async fn the_token_is_stored_under_the_documented_key() {
     assert_eq!(lock.key(), format!("redlock:{resource}"));
     assert_eq!(lock.resource(), resource);
     assert_eq!(lock.token().len(), 32);
+    // A quorum has it at once; the last node's SET may land a moment later.
+    let key = format!("redlock:{resource}");
+    eventually(
+        Duration::from_secs(1),
+        "every node holds the key",
+        || async {
+            for url in &urls {
+                if value(url, &key).await.as_deref() != Some(lock.token()) {
+                    return false;
+                }
+            }
+            true
+        },
+    )
+    .await;
     for url in &urls {
-        assert_eq!(
-            value(url, &format!("redlock:{resource}")).await.as_deref(),
-            Some(lock.token())
-        );
         assert_eq!(value(url, &resource).await, None);
     }
     lock.release().await.unwrap();
@@ -553,4 +564,43 @@ async fn a_release_whose_caller_gives_up_still_completes() {
     // Polled once, then dropped: the release has started but not finished.
     assert!(futures::FutureExt::now_or_never(lock.release()).is_none());
     no_key_anywhere(&urls, &resource, Duration::from_secs(1)).await;
+}
+
+#[tokio::test]
+async fn a_waiter_is_woken_by_the_release_not_by_its_retry_delay() {
+    let Some((urls, _cluster)) = support::nodes(3) else {
+        return;
+    };
+    let holder = manager(&urls).await;
+    let waiter = Redlock::builder()
+        .nodes(urls.iter().map(String::as_str))
+        .retry(
+            RetryPolicy::new()
+                .attempts(5)
+                .delay(Duration::from_secs(10))
+                .jitter(Duration::ZERO),
+        )
+        .build()
+        .await
+        .unwrap();
+    let resource = unique("wakeup");
+    let lock = holder
+        .try_acquire(&resource, Duration::from_secs(30))
+        .await
+        .unwrap();
+    let (w, r) = (waiter.clone(), resource.clone());
+    let waiting = tokio::spawn(async move {
+        let start = Instant::now();
+        let lock = w.acquire(&r, Duration::from_secs(30)).await.unwrap();
+        (start.elapsed(), lock)
+    });
+    // Let the waiter fail once and subscribe before the release.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    lock.release().await.unwrap();
+    let (waited, lock) = waiting.await.unwrap();
+    assert!(
+        waited < Duration::from_secs(5),
+        "the waiter slept its 10 s retry delay ({waited:?}) instead of being woken"
+    );
+    lock.release().await.unwrap();
 }
