@@ -92,7 +92,10 @@ impl Redlock {
     }
 
     /// Acquires `resource` for `ttl`, retrying by the manager's
-    /// [`RetryPolicy`] while the failure is one a retry could fix.
+    /// [`RetryPolicy`] while the failure is one a retry could fix. While the
+    /// resource is held by someone else, the retry starts as soon as a
+    /// release is announced (the release script publishes on
+    /// `quorumlock:released:<key>`), the policy's delay being the fallback.
     ///
     /// # Errors
     /// [`Error::InvalidInput`] at once for an empty resource or an unusable
