@@ -51,5 +51,5 @@ mod wake;
 
 pub use builder::{Builder, RetryPolicy};
 pub use error::Error;
-pub use lock::Lock;
+pub use lock::{Guard, KeepAlive, Lock};
 pub use redlock::Redlock;

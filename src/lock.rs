@@ -1,49 +1,257 @@
-//! The handle a caller holds while it owns a resource. Dropping it releases
-//! the lock from a detached task, so a panic or an early return never leaves
-//! the resource blocked for a whole TTL.
+//! The handle a caller holds while it owns a resource, the state it shares
+//! with its [`Guard`]s and its keep-alive task, and the lost-lock signal.
+//! Dropping the handle stops the keep-alive task and releases the lock from
+//! a detached task, so a panic or an early return never leaves the resource
+//! blocked for a whole TTL.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
+use tokio::sync::watch;
 
 use crate::cleanup::{in_flight, settle, Cleanup, InFlight};
 use crate::quorum::{self, Decision, Tally};
 use crate::redlock::Inner;
 use crate::Error;
 
-/// Ownership of a resource on a quorum of nodes, until [`deadline`](Self::deadline).
-///
-/// The lock is only trustworthy before its deadline: check
-/// [`remaining`](Self::remaining) before acting on the resource, and
-/// [`extend`](Self::extend) it when work runs long. Dropping a `Lock`
-/// releases it in the background; [`release`](Self::release) does the same
-/// and reports how it went.
-#[must_use = "dropping a Lock releases it at once"]
-pub struct Lock {
+/// The signal fires this long before the deadline, so it is never late
+/// (tokio's timers round up to the next millisecond).
+const LOST_MARGIN: Duration = Duration::from_millis(2);
+
+/// Where a lock stands; published to guards and the keep-alive task.
+#[derive(Debug, Clone, Copy)]
+struct Status {
+    /// End of the current validity.
+    deadline: Instant,
+    /// Length of the current validity (for "a share of it is left").
+    validity: Duration,
+    ttl: Duration,
+    lost: bool,
+    released: bool,
+}
+
+/// State shared by a lock, its guards and its keep-alive task.
+struct Shared {
     inner: Arc<Inner>,
     /// Key prefix + resource; `resource()` is the part after the prefix.
     key: Arc<str>,
     token: Arc<str>,
-    ttl: Duration,
-    deadline: Instant,
+    status: watch::Sender<Status>,
+    /// One extend at a time, whether the holder's or the keep-alive's.
+    extending: tokio::sync::Mutex<()>,
+    /// Where background releases run, even if the lock is dropped on a
+    /// thread outside the runtime.
+    runtime: Option<tokio::runtime::Handle>,
+}
+
+impl Shared {
+    fn resource(&self) -> &str {
+        self.key
+            .get(self.inner.key_prefix.len()..)
+            .unwrap_or_default()
+    }
+
+    fn status(&self) -> Status {
+        *self.status.borrow()
+    }
+
+    fn lost_error(&self, votes: usize, quorum: usize) -> Error {
+        Error::Lost {
+            resource: self.resource().to_string(),
+            votes,
+            quorum,
+        }
+    }
+
+    /// Marks the lock lost and, unless that happened already, removes what
+    /// keys of ours remain.
+    fn lose(&self, votes: usize, quorum: usize) -> Error {
+        let mut release = false;
+        self.status.send_modify(|s| {
+            s.lost = true;
+            release = !std::mem::replace(&mut s.released, true);
+        });
+        if release {
+            Cleanup::release(
+                self.inner.clone(),
+                self.key.clone(),
+                self.token.clone(),
+                self.status().ttl,
+            )
+            .run(self.runtime.as_ref());
+        }
+        self.lost_error(votes, quorum)
+    }
+
+    /// See [`Lock::extend`].
+    async fn extend(&self, ttl: Duration) -> Result<(), Error> {
+        let plan = self.inner.plan(self.resource(), ttl)?;
+        let quorum = quorum::quorum(self.inner.nodes.len());
+        let _one_at_a_time = self.extending.lock().await;
+        let start = tokio::time::Instant::now();
+        let current = self.status();
+        if current.lost || current.released || start.into_std() >= current.deadline {
+            return Err(self.lose(0, quorum));
+        }
+        let mut calls = self.inner.fan_out(|inner, i| {
+            let (key, token) = (self.key.clone(), self.token.clone());
+            async move {
+                let reply = inner.nodes[i]
+                    .extend(&inner.scripts, &key, &token, plan.ttl_ms)
+                    .await;
+                (i, reply)
+            }
+        });
+        let mut tally = Tally::new(self.inner.nodes.len());
+        let deadline =
+            (start + plan.node_deadline).min(tokio::time::Instant::from_std(current.deadline));
+        quorum::gather(&mut (&mut calls).map(|(_, r)| r), &mut tally, deadline).await;
+        Cleanup::release(
+            self.inner.clone(),
+            self.key.clone(),
+            self.token.clone(),
+            ttl,
+        )
+        .finishing(in_flight(calls))
+        .run(self.runtime.as_ref());
+
+        let validity = quorum::validity(ttl, start.elapsed(), plan.drift);
+        let in_time = Instant::now() < current.deadline;
+        match (tally.decision(), validity) {
+            (Some(Decision::Won), Some(validity)) if in_time => {
+                self.status.send_modify(|s| {
+                    s.deadline = (start + validity).into_std();
+                    s.validity = validity;
+                    s.ttl = ttl;
+                });
+                Ok(())
+            }
+            _ => Err(self.lose(tally.votes(), quorum)),
+        }
+    }
+
+    /// Completes when ownership can no longer be guaranteed: the lock was
+    /// lost, released, or its deadline is about to pass.
+    async fn lost(&self) {
+        let mut status = self.status.subscribe();
+        loop {
+            let s = *status.borrow_and_update();
+            if s.lost || s.released {
+                return;
+            }
+            let fire_at = s.deadline.checked_sub(LOST_MARGIN).unwrap_or(s.deadline);
+            tokio::select! {
+                changed = status.changed() => if changed.is_err() { return },
+                () = tokio::time::sleep_until(fire_at.into()) => return,
+            }
+        }
+    }
+}
+
+/// When and how long [`Lock::keep_alive`] extends a lock.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KeepAlive {
+    share_left: f64,
+    max_hold: Option<Duration>,
+}
+
+impl Default for KeepAlive {
+    fn default() -> Self {
+        Self {
+            share_left: 1.0 / 3.0,
+            max_hold: None,
+        }
+    }
+}
+
+impl KeepAlive {
+    /// Extend when a third of the validity is left, with no limit on the
+    /// total hold time.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Extend when this share of the validity is left (clamped to
+    /// `0.05..=0.95`). Default: 1/3.
+    #[must_use]
+    pub fn when_left(mut self, share: f64) -> Self {
+        self.share_left = share.clamp(0.05, 0.95);
+        self
+    }
+
+    /// Stop extending once the lock has been held this long (counted from
+    /// `keep_alive`); the lock then runs out at its deadline, and the lost
+    /// signal fires. Default: none.
+    #[must_use]
+    pub fn max_hold(mut self, limit: Option<Duration>) -> Self {
+        self.max_hold = limit;
+        self
+    }
+}
+
+/// Aborts the keep-alive task when the lock goes away: it never outlives
+/// its lock.
+struct KeepAliveTask(tokio::task::JoinHandle<()>);
+
+impl Drop for KeepAliveTask {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+async fn keep_alive(shared: Arc<Shared>, policy: KeepAlive) {
+    let stop_at = policy.max_hold.map(|d| Instant::now() + d);
+    let mut status = shared.status.subscribe();
+    loop {
+        let s = *status.borrow_and_update();
+        if s.lost || s.released {
+            return;
+        }
+        let due = s
+            .deadline
+            .checked_sub(s.validity.mul_f64(policy.share_left))
+            .unwrap_or(s.deadline);
+        if stop_at.is_some_and(|stop| due >= stop) {
+            return;
+        }
+        tokio::select! {
+            // A manual extend moved the deadline: plan again.
+            changed = status.changed() => if changed.is_err() { return },
+            () = tokio::time::sleep_until(due.into()) => {
+                if shared.extend(s.ttl).await.is_err() {
+                    return; // lost: `extend` marked it and released
+                }
+            }
+        }
+    }
+}
+
+/// Ownership of a resource on a quorum of nodes, until [`deadline`](Self::deadline).
+///
+/// The lock is only trustworthy before its deadline: check
+/// [`remaining`](Self::remaining) before acting on the resource, and
+/// [`extend`](Self::extend) it when work runs long, or let
+/// [`keep_alive`](Self::keep_alive) do that and watch [`lost`](Self::lost).
+/// Dropping a `Lock` releases it in the background; [`release`](Self::release)
+/// does the same and reports how it went.
+#[must_use = "dropping a Lock releases it at once"]
+pub struct Lock {
+    shared: Arc<Shared>,
     /// The acquire's `SET`s whose replies had not come (see `cleanup`). In a
     /// mutex only so that `Lock` is `Sync`; nothing contends for it.
     late_sets: Mutex<Option<InFlight>>,
-    released: bool,
-    lost: bool,
-    /// Where a drop's release runs, even if the lock is dropped on a thread
-    /// outside the runtime.
-    runtime: Option<tokio::runtime::Handle>,
+    fence: Option<u64>,
+    keeper: Option<KeepAliveTask>,
 }
 
 impl std::fmt::Debug for Lock {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Lock")
             .field("resource", &self.resource())
-            .field("token", &self.token)
-            .field("remaining", &self.remaining())
-            .field("lost", &self.lost)
+            .field("token", &self.shared.token)
+            .field("fence", &self.fence)
+            .field("status", &self.shared.status())
             .finish_non_exhaustive()
     }
 }
@@ -54,58 +262,117 @@ impl Lock {
         key: Arc<str>,
         token: Arc<str>,
         ttl: Duration,
-        deadline: Instant,
+        (deadline, validity): (Instant, Duration),
         late_sets: Option<InFlight>,
+        fence: Option<u64>,
     ) -> Self {
-        Self {
+        let status = Status {
+            deadline,
+            validity,
+            ttl,
+            lost: false,
+            released: false,
+        };
+        let shared = Shared {
             inner,
             key,
             token,
-            ttl,
-            deadline,
-            late_sets: Mutex::new(late_sets),
-            released: false,
-            lost: false,
+            status: watch::Sender::new(status),
+            extending: tokio::sync::Mutex::new(()),
             runtime: tokio::runtime::Handle::try_current().ok(),
+        };
+        Self {
+            shared: Arc::new(shared),
+            late_sets: Mutex::new(late_sets),
+            fence,
+            keeper: None,
         }
     }
 
     /// The resource name as it was passed to `acquire`.
     pub fn resource(&self) -> &str {
-        self.key
-            .get(self.inner.key_prefix.len()..)
-            .unwrap_or_default()
+        self.shared.resource()
     }
 
     /// The Redis key holding the lock (key prefix + resource).
     pub fn key(&self) -> &str {
-        &self.key
+        &self.shared.key
     }
 
     /// This holder's random token: the value stored under the key.
     pub fn token(&self) -> &str {
-        &self.token
+        &self.shared.token
+    }
+
+    /// The fencing token, for a lock acquired with fencing: strictly larger
+    /// than any earlier holder's of the same resource.
+    pub fn fence(&self) -> Option<u64> {
+        self.fence
     }
 
     /// The TTL of the last successful acquire or extend.
     pub fn ttl(&self) -> Duration {
-        self.ttl
+        self.shared.status().ttl
     }
 
     /// The instant the lock stops being valid: start of the acquire (or
-    /// extend) plus its validity, drift already subtracted.
+    /// last extend) plus its validity, drift already subtracted.
     pub fn deadline(&self) -> Instant {
-        self.deadline
+        self.shared.status().deadline
     }
 
     /// Time left before [`deadline`](Self::deadline); zero once it passed.
     pub fn remaining(&self) -> Duration {
-        self.deadline.saturating_duration_since(Instant::now())
+        self.deadline().saturating_duration_since(Instant::now())
     }
 
-    /// `false` once the deadline has passed or an extend failed.
+    /// `false` once the deadline has passed, or the lock was lost.
     pub fn is_held(&self) -> bool {
-        !self.lost && Instant::now() < self.deadline
+        let s = self.shared.status();
+        !s.lost && !s.released && Instant::now() < s.deadline
+    }
+
+    /// A cheap handle to watch this lock from elsewhere (for example from
+    /// the work it protects): [`Guard::lost`], [`Guard::remaining`].
+    pub fn guard(&self) -> Guard {
+        Guard {
+            shared: self.shared.clone(),
+            fence: self.fence,
+        }
+    }
+
+    /// Completes as soon as ownership can no longer be guaranteed: an
+    /// extend was refused, or the deadline is about to pass without one. It
+    /// fires no later than the deadline.
+    ///
+    /// # Example
+    /// ```no_run
+    /// # async fn demo(mut lock: quorumlock::Lock) {
+    /// # async fn long_work() {}
+    /// lock.keep_alive(quorumlock::KeepAlive::new());
+    /// tokio::select! {
+    ///     () = long_work() => {}
+    ///     () = lock.lost() => eprintln!("lock lost: stopping"),
+    /// }
+    /// # }
+    /// ```
+    pub async fn lost(&self) {
+        self.shared.lost().await;
+    }
+
+    /// Keeps the lock alive in the background: each time the given share of
+    /// the validity is left, it is extended by its TTL (with quorum and
+    /// ownership, as [`extend`](Self::extend)). The task stops on release or
+    /// drop, after a failed extend (the lock is then lost: [`lost`](Self::lost)
+    /// fires), or at the policy's maximum hold time. Calling it again
+    /// replaces the policy.
+    pub fn keep_alive(&mut self, policy: KeepAlive) {
+        let task = keep_alive(self.shared.clone(), policy);
+        let handle = match self.shared.runtime.as_ref() {
+            Some(runtime) => runtime.spawn(task),
+            None => tokio::spawn(task),
+        };
+        self.keeper = Some(KeepAliveTask(handle));
     }
 
     /// Resets the lock's expiry to `ttl` on every node where we still own it.
@@ -129,44 +396,7 @@ impl Lock {
     /// # Ok(()) }
     /// ```
     pub async fn extend(&mut self, ttl: Duration) -> Result<(), Error> {
-        let plan = self.inner.plan(self.resource(), ttl)?;
-        let quorum = quorum::quorum(self.inner.nodes.len());
-        let start = tokio::time::Instant::now();
-        if self.lost || start.into_std() >= self.deadline {
-            return Err(self.lose(0, quorum));
-        }
-        let mut calls = self.inner.fan_out(|inner, i| {
-            let (key, token) = (self.key.clone(), self.token.clone());
-            async move {
-                let reply = inner.nodes[i]
-                    .extend(&inner.scripts, &key, &token, plan.ttl_ms)
-                    .await;
-                (i, reply)
-            }
-        });
-        let mut tally = Tally::new(self.inner.nodes.len());
-        let current = tokio::time::Instant::from_std(self.deadline);
-        let deadline = (start + plan.node_deadline).min(current);
-        quorum::gather(&mut (&mut calls).map(|(_, r)| r), &mut tally, deadline).await;
-        Cleanup::release(
-            self.inner.clone(),
-            self.key.clone(),
-            self.token.clone(),
-            ttl,
-        )
-        .finishing(in_flight(calls))
-        .run(self.runtime.as_ref());
-
-        let validity = quorum::validity(ttl, start.elapsed(), plan.drift);
-        let in_time = Instant::now() < self.deadline;
-        match (tally.decision(), validity) {
-            (Some(Decision::Won), Some(validity)) if in_time => {
-                self.ttl = ttl;
-                self.deadline = (start + validity).into_std();
-                Ok(())
-            }
-            _ => Err(self.lose(tally.votes(), quorum)),
-        }
+        self.shared.extend(ttl).await
     }
 
     /// What releasing this lock involves, taking its late `SET`s along.
@@ -175,32 +405,14 @@ impl Lock {
             Ok(late) => late.take(),
             Err(poisoned) => poisoned.into_inner().take(),
         };
+        let s = &self.shared;
         Cleanup::release(
-            self.inner.clone(),
-            self.key.clone(),
-            self.token.clone(),
-            self.ttl,
+            s.inner.clone(),
+            s.key.clone(),
+            s.token.clone(),
+            s.status().ttl,
         )
         .with_late_sets(late_sets)
-    }
-
-    /// Starts the release in the background unless one already started.
-    fn release_in_background(&mut self) {
-        if !std::mem::replace(&mut self.released, true) {
-            let runtime = self.runtime.clone();
-            self.cleanup().run(runtime.as_ref());
-        }
-    }
-
-    /// Marks the lock lost and removes whatever keys of ours remain.
-    fn lose(&mut self, votes: usize, quorum: usize) -> Error {
-        self.lost = true;
-        self.release_in_background();
-        Error::Lost {
-            resource: self.resource().to_string(),
-            votes,
-            quorum,
-        }
     }
 
     /// Deletes the lock on every node where it still holds our token (an
@@ -221,36 +433,41 @@ impl Lock {
     /// # }
     /// ```
     pub async fn release(mut self) -> Result<(), Error> {
-        self.released = true;
+        self.keeper = None;
+        let mut was_released = false;
+        let mut was_lost = false;
+        self.shared.status.send_modify(|s| {
+            was_released = std::mem::replace(&mut s.released, true);
+            was_lost = s.lost;
+        });
         let mut cleanup = self.cleanup();
         // Replies already in belong to SETs that ran before the deletes we
         // are about to send, which remove their keys.
         settle(cleanup.late_sets_mut());
         // If the caller stops awaiting midway, the guard releases in the
         // background instead.
-        let mut guard = ReleaseGuard(Some(cleanup), self.runtime.clone());
+        let runtime = self.shared.runtime.clone();
+        let mut guard = ReleaseGuard(Some(cleanup), runtime.clone());
         let (tally, pending) = self
+            .shared
             .inner
-            .release_quorum(&self.key, &self.token, true)
+            .release_quorum(&self.shared.key, &self.shared.token, true)
             .await;
         if let Some(cleanup) = guard.0.take() {
-            cleanup.finishing(pending).run(self.runtime.as_ref());
+            cleanup.finishing(pending).run(runtime.as_ref());
         }
         let (votes, quorum) = (tally.votes(), tally.quorum());
-        if !self.lost && votes >= quorum {
+        let lost = was_lost || was_released;
+        if !lost && votes >= quorum {
             Ok(())
-        } else if !self.lost && votes + tally.unknown() >= quorum {
+        } else if !lost && votes + tally.unknown() >= quorum {
             Err(Error::Unavailable {
                 votes,
                 quorum,
                 source: tally.transport_error().cloned(),
             })
         } else {
-            Err(Error::Lost {
-                resource: self.resource().to_string(),
-                votes,
-                quorum,
-            })
+            Err(self.shared.lost_error(votes, quorum))
         }
     }
 }
@@ -269,6 +486,69 @@ impl Drop for ReleaseGuard {
 
 impl Drop for Lock {
     fn drop(&mut self) {
-        self.release_in_background();
+        self.keeper = None;
+        let mut first = false;
+        self.shared.status.send_modify(|s| {
+            first = !std::mem::replace(&mut s.released, true);
+        });
+        let runtime = self.shared.runtime.clone();
+        let cleanup = self.cleanup();
+        if first {
+            cleanup.run(runtime.as_ref());
+        } else {
+            // Released already (a loss); still watch the late SETs.
+            cleanup.finishing(None).run(runtime.as_ref());
+        }
+    }
+}
+
+/// A watcher of a [`Lock`], handed to the work it protects (see
+/// [`Redlock::with_lock`](crate::Redlock::with_lock)). It cannot release or
+/// extend the lock; it can tell when the lock is lost.
+#[derive(Clone)]
+pub struct Guard {
+    shared: Arc<Shared>,
+    fence: Option<u64>,
+}
+
+impl std::fmt::Debug for Guard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Guard")
+            .field("resource", &self.shared.resource())
+            .field("status", &self.shared.status())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Guard {
+    /// The resource name.
+    pub fn resource(&self) -> &str {
+        self.shared.resource()
+    }
+
+    /// The lock's fencing token, if it was acquired with fencing.
+    pub fn fence(&self) -> Option<u64> {
+        self.fence
+    }
+
+    /// The lock's current deadline (it moves with each extension).
+    pub fn deadline(&self) -> Instant {
+        self.shared.status().deadline
+    }
+
+    /// Time left before the current deadline.
+    pub fn remaining(&self) -> Duration {
+        self.deadline().saturating_duration_since(Instant::now())
+    }
+
+    /// `false` once the lock is lost, released, or past its deadline.
+    pub fn is_held(&self) -> bool {
+        let s = self.shared.status();
+        !s.lost && !s.released && Instant::now() < s.deadline
+    }
+
+    /// As [`Lock::lost`].
+    pub async fn lost(&self) {
+        self.shared.lost().await;
     }
 }

@@ -11,7 +11,7 @@ use tokio::time::Instant;
 use crate::builder::{Builder, RetryPolicy};
 use crate::cleanup::{in_flight, Cleanup, InFlight};
 use crate::fanout::Fanout;
-use crate::lock::Lock;
+use crate::lock::{Guard, KeepAlive, Lock};
 use crate::node::{Node, Scripts};
 use crate::quorum::{self, Decision, Reply, Tally};
 use crate::wake::{Wakeups, Watch};
@@ -161,6 +161,68 @@ impl Redlock {
                 None => tokio::time::sleep(wait).await,
             }
             attempt += 1;
+        }
+    }
+
+    /// Runs `work` while holding `resource`: acquires it (as
+    /// [`acquire`](Self::acquire)), keeps it alive in the background
+    /// ([`KeepAlive::default`]), and releases it afterwards, also when `work`
+    /// returns an error or panics. If the lock is lost while `work` runs,
+    /// `work` is dropped (cancelled at its next `.await`) and the result is
+    /// [`Error::Lost`]; `work` can also watch the [`Guard`] it is given and
+    /// stop cleanly on its own.
+    ///
+    /// # Errors
+    /// The errors of [`acquire`](Self::acquire), or [`Error::Lost`] when the
+    /// lock was lost before `work` finished.
+    ///
+    /// # Example
+    /// ```no_run
+    /// # async fn demo(redlock: quorumlock::Redlock) -> Result<(), quorumlock::Error> {
+    /// use std::time::Duration;
+    /// let total = redlock
+    ///     .with_lock("report:daily", Duration::from_secs(10), |guard| async move {
+    ///         // ... long work; `guard.remaining()` and `guard.lost()` are there
+    ///         // for work that wants to stop cleanly ...
+    ///         42
+    ///     })
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn with_lock<F, Fut, T>(
+        &self,
+        resource: &str,
+        ttl: Duration,
+        work: F,
+    ) -> Result<T, Error>
+    where
+        F: FnOnce(Guard) -> Fut,
+        Fut: Future<Output = T>,
+    {
+        let mut lock = self.acquire(resource, ttl).await?;
+        lock.keep_alive(KeepAlive::default());
+        let work = work(lock.guard());
+        let done = tokio::select! {
+            biased;
+            () = lock.lost() => None,
+            out = work => Some(out),
+        };
+        match done {
+            Some(out) => {
+                // The work finished while the lock was held; a failed
+                // release only means the keys expire by themselves.
+                let _ = lock.release().await;
+                Ok(out)
+            }
+            None => {
+                let quorum = self.quorum();
+                drop(lock);
+                Err(Error::Lost {
+                    resource: resource.to_string(),
+                    votes: 0,
+                    quorum,
+                })
+            }
         }
     }
 
@@ -314,8 +376,9 @@ async fn attempt(
             key,
             token,
             ttl,
-            (start + validity).into_std(),
+            ((start + validity).into_std(), validity),
             in_flight(calls),
+            None,
         ));
     }
 

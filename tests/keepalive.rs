@@ -1,0 +1,246 @@
+//! Locks for long work: keep-alive, the lost signal, and `with_lock`.
+
+mod support;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use quorumlock::{Error, KeepAlive, Redlock};
+use support::{eventually, no_key_anywhere, unique, Cluster};
+
+async fn manager(urls: &[String]) -> Redlock {
+    Redlock::builder()
+        .nodes(urls.iter().map(String::as_str))
+        .build()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn keep_alive_holds_a_lock_for_10x_its_ttl() {
+    let Some((urls, _cluster)) = support::nodes(3) else {
+        return;
+    };
+    let redlock = manager(&urls).await;
+    let resource = unique("kept");
+    let ttl = Duration::from_millis(300);
+    let mut lock = redlock.try_acquire(&resource, ttl).await.unwrap();
+    lock.keep_alive(KeepAlive::new());
+    let first_deadline = lock.deadline();
+    let until = Instant::now() + ttl * 10;
+    while Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(lock.is_held(), "lock ran out while kept alive");
+        let other = redlock.try_acquire(&resource, ttl).await;
+        assert!(
+            other.unwrap_err().is_contended(),
+            "someone else got a kept lock"
+        );
+    }
+    assert!(lock.deadline() > first_deadline + ttl * 8);
+    assert!(
+        futures::FutureExt::now_or_never(lock.lost()).is_none(),
+        "lost fired on a kept lock"
+    );
+    lock.release().await.unwrap();
+    no_key_anywhere(&urls, &resource, Duration::from_secs(1)).await;
+}
+
+#[tokio::test]
+async fn dropping_a_kept_lock_stops_extension_and_releases() {
+    let Some((urls, _cluster)) = support::nodes(3) else {
+        return;
+    };
+    let redlock = manager(&urls).await;
+    let resource = unique("kept-dropped");
+    let ttl = Duration::from_millis(300);
+    let mut lock = redlock.try_acquire(&resource, ttl).await.unwrap();
+    lock.keep_alive(KeepAlive::new());
+    let token = lock.token().to_string();
+    drop(lock);
+    no_key_anywhere(&urls, &resource, Duration::from_secs(1)).await;
+    // A new holder keeps the key for 10 s; a surviving keep-alive task of the
+    // old lock would find a foreign token, but must not be running at all.
+    let next = redlock
+        .try_acquire(&resource, Duration::from_secs(10))
+        .await
+        .unwrap();
+    tokio::time::sleep(ttl * 2).await;
+    for url in &urls {
+        let v = support::value(url, &resource).await;
+        assert_eq!(v.as_deref(), Some(next.token()));
+        assert_ne!(v.as_deref(), Some(token.as_str()));
+    }
+    next.release().await.unwrap();
+}
+
+/// Freezes two of three nodes so no extension can reach a quorum.
+fn freeze_majority(cluster: &Cluster) {
+    cluster.freeze(1);
+    cluster.freeze(2);
+}
+
+fn thaw_majority(cluster: &Cluster) {
+    cluster.thaw(1);
+    cluster.thaw(2);
+}
+
+#[tokio::test]
+async fn lost_fires_no_later_than_the_deadline_when_extension_fails() {
+    let Some(cluster) = support::cluster(3) else {
+        return;
+    };
+    let redlock = manager(&cluster.urls()).await;
+    let resource = unique("lost");
+    let mut lock = redlock
+        .try_acquire(&resource, Duration::from_millis(600))
+        .await
+        .unwrap();
+    lock.keep_alive(KeepAlive::new());
+    let guard = lock.guard();
+    freeze_majority(&cluster);
+    // No extension can succeed from here on, so this deadline is final.
+    let deadline = lock.deadline();
+    let fired = tokio::time::timeout(Duration::from_secs(3), guard.lost()).await;
+    let at = Instant::now();
+    thaw_majority(&cluster);
+    assert!(fired.is_ok(), "lost never fired");
+    assert!(
+        at <= deadline,
+        "lost fired {:?} after the deadline",
+        at - deadline
+    );
+    assert!(!lock.is_held() && !guard.is_held());
+    assert!(lock
+        .extend(Duration::from_secs(1))
+        .await
+        .unwrap_err()
+        .is_lost());
+}
+
+#[tokio::test]
+async fn max_hold_stops_extension_and_the_lock_runs_out() {
+    let Some((urls, _cluster)) = support::nodes(3) else {
+        return;
+    };
+    let redlock = manager(&urls).await;
+    let resource = unique("max-hold");
+    let ttl = Duration::from_millis(300);
+    let mut lock = redlock.try_acquire(&resource, ttl).await.unwrap();
+    let start = Instant::now();
+    lock.keep_alive(KeepAlive::new().max_hold(Some(Duration::from_millis(600))));
+    tokio::time::timeout(Duration::from_secs(3), lock.lost())
+        .await
+        .expect("lost fired");
+    let held = start.elapsed();
+    assert!(
+        held >= Duration::from_millis(500),
+        "stopped too early: {held:?}"
+    );
+    eventually(
+        Duration::from_secs(1),
+        "resource free after max hold",
+        || async { redlock.try_acquire(&resource, ttl).await.is_ok() },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn with_lock_returns_the_work_and_releases_afterwards() {
+    let Some((urls, _cluster)) = support::nodes(3) else {
+        return;
+    };
+    let redlock = manager(&urls).await;
+    let resource = unique("with-lock");
+    let r = resource.clone();
+    let urls2 = urls.clone();
+    let out = redlock
+        .with_lock(&resource, Duration::from_millis(300), |guard| async move {
+            // Held, and kept alive past its first TTL.
+            tokio::time::sleep(Duration::from_millis(700)).await;
+            assert!(guard.is_held());
+            assert_eq!(guard.resource(), r);
+            support::value(&urls2[0], &r).await.is_some()
+        })
+        .await
+        .unwrap();
+    assert!(out, "the key was not there during the work");
+    no_key_anywhere(&urls, &resource, Duration::from_secs(1)).await;
+}
+
+#[tokio::test]
+async fn with_lock_cancels_the_work_when_the_lock_is_lost() {
+    let Some(cluster) = support::cluster(3) else {
+        return;
+    };
+    let redlock = manager(&cluster.urls()).await;
+    let resource = unique("with-lock-lost");
+    let finished = Arc::new(AtomicBool::new(false));
+    let f = finished.clone();
+    let start = Instant::now();
+    let result = redlock
+        .with_lock(&resource, Duration::from_millis(400), |_guard| {
+            freeze_majority(&cluster);
+            async move {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                f.store(true, Ordering::SeqCst);
+            }
+        })
+        .await;
+    thaw_majority(&cluster);
+    let err = result.unwrap_err();
+    assert!(matches!(err, Error::Lost { .. }), "{err:?}");
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "did not stop at the loss"
+    );
+    assert!(
+        !finished.load(Ordering::SeqCst),
+        "the work ran on without the lock"
+    );
+}
+
+#[tokio::test]
+async fn with_lock_releases_when_the_work_panics() {
+    let Some((urls, _cluster)) = support::nodes(3) else {
+        return;
+    };
+    let redlock = manager(&urls).await;
+    let resource = unique("with-lock-panic");
+    let (r, res) = (redlock.clone(), resource.clone());
+    let join = tokio::spawn(async move {
+        r.with_lock(&res, Duration::from_secs(30), |_guard| async {
+            panic!("work failed")
+        })
+        .await
+    });
+    assert!(join.await.unwrap_err().is_panic());
+    no_key_anywhere(&urls, &resource, Duration::from_secs(1)).await;
+}
+
+#[tokio::test]
+async fn a_guard_tells_the_work_that_the_lock_was_lost() {
+    let Some(cluster) = support::cluster(3) else {
+        return;
+    };
+    let redlock = manager(&cluster.urls()).await;
+    let resource = unique("guard");
+    let lock = redlock
+        .try_acquire(&resource, Duration::from_millis(400))
+        .await
+        .unwrap();
+    let guard = lock.guard();
+    let deadline = lock.deadline();
+    let watcher = tokio::spawn(async move {
+        guard.lost().await;
+        Instant::now()
+    });
+    // No keep-alive: the lock runs out, and the guard says so in time.
+    let at = tokio::time::timeout(Duration::from_secs(2), watcher)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(at <= deadline);
+    drop(lock);
+}
