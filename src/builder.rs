@@ -215,9 +215,10 @@ impl Builder {
                 .map_err(|source| Error::InvalidNode { index, source })?;
             nodes.push(node);
         }
+        let nodes: Arc<[Node]> = nodes.into();
         warm_up(&nodes, self.connect_timeout).await;
         Ok(Redlock::from_inner(Arc::new(Inner {
-            nodes: nodes.into(),
+            nodes,
             scripts: Scripts::new(),
             retry: self.retry,
             node_timeout: self.node_timeout,
@@ -230,10 +231,17 @@ impl Builder {
 }
 
 /// Opens connections until a quorum answers PING, every node has been tried,
-/// or `limit` passes. The others keep connecting lazily on first use.
-async fn warm_up(nodes: &[Node], limit: Duration) {
+/// or `limit` passes. The other connections go on opening in the background:
+/// a lazily created connection is only driven while someone waits on it, and
+/// a lock's `SET` to that node would otherwise wait for the next call.
+async fn warm_up(nodes: &Arc<[Node]>, limit: Duration) {
     let quorum = crate::quorum::quorum(nodes.len());
-    let mut pings: FuturesUnordered<_> = nodes.iter().map(Node::warm_up).collect();
+    let mut pings: FuturesUnordered<_> = (0..nodes.len())
+        .map(|i| {
+            let nodes = nodes.clone();
+            async move { nodes[i].warm_up().await }
+        })
+        .collect();
     let _ = tokio::time::timeout(limit, async {
         let mut up = 0;
         while let Some(ok) = pings.next().await {
@@ -244,4 +252,10 @@ async fn warm_up(nodes: &[Node], limit: Duration) {
         }
     })
     .await;
+    if !pings.is_empty() {
+        tokio::spawn(async move {
+            let _ =
+                tokio::time::timeout(limit, async { while pings.next().await.is_some() {} }).await;
+        });
+    }
 }

@@ -75,10 +75,6 @@ impl Cleanup {
         self
     }
 
-    pub(crate) fn late_sets_mut(&mut self) -> &mut Option<InFlight> {
-        &mut self.late_sets
-    }
-
     /// Nothing new to send: only finish `pending` (and any late sets).
     pub(crate) fn finishing(mut self, pending: Option<InFlight>) -> Self {
         self.release_all = false;
@@ -155,14 +151,8 @@ impl Cleanup {
 
 /// A refusal or an error reply means our `SET` did not land; anything else
 /// (yes, or no answer) means it may have.
-fn may_have_landed(reply: &Reply) -> bool {
+pub(crate) fn may_have_landed(reply: &Reply) -> bool {
     matches!(reply, Reply::Yes | Reply::Unknown(_))
-}
-
-/// Reads the late `SET` replies already in, before a release sends its
-/// deletes: those `SET`s ran before the deletes, which remove their keys.
-pub(crate) fn settle(late_sets: &mut Option<InFlight>) {
-    drain(late_sets, |_| {});
 }
 
 /// Boxes the calls still running, if any.

@@ -4,13 +4,13 @@
 //! a detached task, so a panic or an early return never leaves the resource
 //! blocked for a whole TTL.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use tokio::sync::watch;
 
-use crate::cleanup::{in_flight, settle, Cleanup, InFlight};
+use crate::cleanup::{in_flight, may_have_landed, Cleanup, InFlight};
 use crate::quorum::{self, Decision, Tally};
 use crate::redlock::Inner;
 use crate::Error;
@@ -190,6 +190,25 @@ impl KeepAlive {
     }
 }
 
+/// Drives the acquire's `SET`s that were still out when the vote was
+/// decided, so each reaches its node now (rule 3: all nodes at once), not
+/// at the next call. One that lands after the lock was released would block
+/// that node for a whole TTL, so it gets its own compare-and-delete.
+async fn watch_late_sets(shared: Arc<Shared>, mut sets: InFlight) {
+    let ttl = shared.status().ttl;
+    let work = async {
+        while let Some((i, reply)) = sets.next().await {
+            if may_have_landed(&reply) && shared.status().released {
+                let inner = &shared.inner;
+                inner.nodes[i]
+                    .release(&inner.scripts, &shared.key, &shared.token, false)
+                    .await;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(ttl, work).await;
+}
+
 /// Aborts the keep-alive task when the lock goes away: it never outlives
 /// its lock.
 struct KeepAliveTask(tokio::task::JoinHandle<()>);
@@ -238,9 +257,6 @@ async fn keep_alive(shared: Arc<Shared>, policy: KeepAlive) {
 #[must_use = "dropping a Lock releases it at once"]
 pub struct Lock {
     shared: Arc<Shared>,
-    /// The acquire's `SET`s whose replies had not come (see `cleanup`). In a
-    /// mutex only so that `Lock` is `Sync`; nothing contends for it.
-    late_sets: Mutex<Option<InFlight>>,
     fence: Option<u64>,
     keeper: Option<KeepAliveTask>,
 }
@@ -281,9 +297,16 @@ impl Lock {
             extending: tokio::sync::Mutex::new(()),
             runtime: tokio::runtime::Handle::try_current().ok(),
         };
+        let shared = Arc::new(shared);
+        if let Some(sets) = late_sets {
+            let watcher = watch_late_sets(shared.clone(), sets);
+            match shared.runtime.as_ref() {
+                Some(runtime) => drop(runtime.spawn(watcher)),
+                None => drop(tokio::spawn(watcher)),
+            }
+        }
         Self {
-            shared: Arc::new(shared),
-            late_sets: Mutex::new(late_sets),
+            shared,
             fence,
             keeper: None,
         }
@@ -399,12 +422,8 @@ impl Lock {
         self.shared.extend(ttl).await
     }
 
-    /// What releasing this lock involves, taking its late `SET`s along.
-    fn cleanup(&mut self) -> Cleanup {
-        let late_sets = match self.late_sets.get_mut() {
-            Ok(late) => late.take(),
-            Err(poisoned) => poisoned.into_inner().take(),
-        };
+    /// What releasing this lock involves.
+    fn cleanup(&self) -> Cleanup {
         let s = &self.shared;
         Cleanup::release(
             s.inner.clone(),
@@ -412,7 +431,6 @@ impl Lock {
             s.token.clone(),
             s.status().ttl,
         )
-        .with_late_sets(late_sets)
     }
 
     /// Deletes the lock on every node where it still holds our token (an
@@ -440,10 +458,7 @@ impl Lock {
             was_released = std::mem::replace(&mut s.released, true);
             was_lost = s.lost;
         });
-        let mut cleanup = self.cleanup();
-        // Replies already in belong to SETs that ran before the deletes we
-        // are about to send, which remove their keys.
-        settle(cleanup.late_sets_mut());
+        let cleanup = self.cleanup();
         // If the caller stops awaiting midway, the guard releases in the
         // background instead.
         let runtime = self.shared.runtime.clone();
@@ -491,13 +506,8 @@ impl Drop for Lock {
         self.shared.status.send_modify(|s| {
             first = !std::mem::replace(&mut s.released, true);
         });
-        let runtime = self.shared.runtime.clone();
-        let cleanup = self.cleanup();
         if first {
-            cleanup.run(runtime.as_ref());
-        } else {
-            // Released already (a loss); still watch the late SETs.
-            cleanup.finishing(None).run(runtime.as_ref());
+            self.cleanup().run(self.shared.runtime.as_ref());
         }
     }
 }

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::{Future, StreamExt};
+use futures::{Future, FutureExt, StreamExt};
 use tokio::time::Instant;
 
 use crate::builder::{Builder, RetryPolicy};
@@ -370,7 +370,14 @@ async fn attempt(
     guard.armed = false;
 
     if let (Some(Decision::Won), Some(validity)) = (tally.decision(), validity) {
-        // SETs still out stay with the lock, so its release can see them.
+        if !calls.is_empty() {
+            // The last replies usually follow within microseconds: one turn
+            // of the scheduler lets them in, and spares the lock a task to
+            // drive them.
+            tokio::task::yield_now().await;
+            while let Some(Some(_)) = calls.next().now_or_never() {}
+        }
+        // SETs still out are driven by the lock (see `watch_late_sets`).
         return Ok(Lock::new(
             inner.clone(),
             key,
