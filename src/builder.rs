@@ -109,6 +109,7 @@ pub struct Builder {
     drift_factor: f64,
     drift_floor: Duration,
     key_prefix: String,
+    fencing: bool,
 }
 
 impl Default for Builder {
@@ -121,6 +122,7 @@ impl Default for Builder {
             drift_factor: 0.01,
             drift_floor: Duration::from_millis(2),
             key_prefix: String::new(),
+            fencing: false,
         }
     }
 }
@@ -183,6 +185,22 @@ impl Builder {
         self
     }
 
+    /// Hand out fencing tokens: every lock gets [`Lock::fence`](crate::Lock::fence),
+    /// strictly larger than any earlier holder's of the same resource. Each
+    /// acquire then reads a counter (at `<key>:fence`, kept without a TTL)
+    /// from its quorum in the same script as the `SET`, and writes max + 1
+    /// back to every node that still holds its key, needing a quorum of
+    /// them, before handing the lock out. Any two quorums share a node, so
+    /// the next holder reads at least this value. Default: off.
+    ///
+    /// Like the locks, the counters rely on nodes not losing their data: a
+    /// node restarted at once without persistence can make a later token
+    /// repeat an earlier one.
+    pub fn fencing(mut self, on: bool) -> Self {
+        self.fencing = on;
+        self
+    }
+
     /// Checks the settings and opens a connection to each node, returning as
     /// soon as a quorum answered (at most the connect timeout). A node that
     /// is down does not fail the build: it counts as unknown until it answers.
@@ -225,6 +243,7 @@ impl Builder {
             drift_factor: self.drift_factor,
             drift_floor: self.drift_floor,
             key_prefix: self.key_prefix,
+            fencing: self.fencing,
             wakeups: Arc::new(Wakeups::new(clients, self.connect_timeout)),
         })))
     }

@@ -18,6 +18,8 @@ pub(crate) struct Scripts {
     discard: Script,
     extend: Script,
     acquire_retry: Script,
+    acquire_fenced: Script,
+    fence_commit: Script,
 }
 
 impl Scripts {
@@ -27,6 +29,8 @@ impl Scripts {
             discard: Script::new(include_str!("scripts/discard.lua")),
             extend: Script::new(include_str!("scripts/extend.lua")),
             acquire_retry: Script::new(include_str!("scripts/acquire_retry.lua")),
+            acquire_fenced: Script::new(include_str!("scripts/acquire_fenced.lua")),
+            fence_commit: Script::new(include_str!("scripts/fence_commit.lua")),
         }
     }
 }
@@ -126,6 +130,45 @@ impl Node {
         self.observe(reply)
     }
 
+    /// As `acquire`, reading the fencing counter at `fence_key` in the same
+    /// script: `Yes` comes with the counter's value.
+    pub(crate) async fn acquire_fenced(
+        &self,
+        scripts: &Scripts,
+        key: &str,
+        fence_key: &str,
+        token: &str,
+        ttl_ms: u64,
+    ) -> (Reply, Option<u64>) {
+        if self.resting() {
+            return (Reply::Unknown(None), None);
+        }
+        let mut call = scripts.acquire_fenced.prepare_invoke();
+        call.key(key).key(fence_key).arg(token).arg(ttl_ms);
+        let mut counter = None;
+        let reply = self
+            .repeatable_with(&call, |n| {
+                counter = u64::try_from(n).ok();
+                counter.is_some()
+            })
+            .await;
+        (reply, counter)
+    }
+
+    /// Raises the fencing counter to `fence` while our key is still there.
+    pub(crate) async fn commit_fence(
+        &self,
+        scripts: &Scripts,
+        key: &str,
+        fence_key: &str,
+        token: &str,
+        fence: u64,
+    ) -> Reply {
+        let mut call = scripts.fence_commit.prepare_invoke();
+        call.key(key).key(fence_key).arg(token).arg(fence);
+        self.repeatable(&call).await
+    }
+
     async fn set_nx_px(&self, key: &str, token: &str, ttl_ms: u64) -> Reply {
         let mut conn = self.conn.clone();
         let reply = redis::cmd("SET")
@@ -181,17 +224,31 @@ impl Node {
     /// if the first one dropped under it: a reset connection must not leave a
     /// key behind for a whole TTL.
     async fn repeatable(&self, call: &ScriptInvocation<'_>) -> Reply {
+        self.repeatable_with(call, |n| n == 1).await
+    }
+
+    /// As `repeatable`, with `yes` deciding which script result is a yes.
+    async fn repeatable_with(
+        &self,
+        call: &ScriptInvocation<'_>,
+        mut yes: impl FnMut(i64) -> bool,
+    ) -> Reply {
         if self.resting() {
             return Reply::Unknown(None);
         }
-        let mut conn = self.conn.clone();
-        let reply = match script_reply(call.invoke_async::<i64>(&mut conn).await) {
-            Reply::Unknown(Some(e)) if dropped(&e) => {
-                let mut conn = self.conn.clone();
-                script_reply(call.invoke_async::<i64>(&mut conn).await)
+        let mut reply = Reply::Unknown(None);
+        for _ in 0..2 {
+            let mut conn = self.conn.clone();
+            reply = match call.invoke_async::<i64>(&mut conn).await {
+                Ok(n) if yes(n) => Reply::Yes,
+                Ok(_) => Reply::No,
+                Err(e) => classify(e),
+            };
+            match &reply {
+                Reply::Unknown(Some(e)) if dropped(e) => continue,
+                _ => break,
             }
-            reply => reply,
-        };
+        }
         self.observe(reply)
     }
 }

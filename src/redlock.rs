@@ -2,6 +2,7 @@
 //! lets [`quorum`](crate::quorum) decide, and makes sure that whatever the
 //! outcome (or a cancelled caller) nothing is left locked.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,6 +27,7 @@ pub(crate) struct Inner {
     pub(crate) drift_factor: f64,
     pub(crate) drift_floor: Duration,
     pub(crate) key_prefix: String,
+    pub(crate) fencing: bool,
     pub(crate) wakeups: Arc<Wakeups>,
 }
 
@@ -347,15 +349,33 @@ async fn attempt(
         ttl,
         armed: true,
     };
+    // With fencing, each yes vote leaves its node's counter + 1 here.
+    let fence_key: Option<Arc<str>> = inner.fencing.then(|| format!("{key}:fence").into());
+    let counters: Arc<[AtomicU64]> = match fence_key {
+        Some(_) => (0..inner.nodes.len()).map(|_| AtomicU64::new(0)).collect(),
+        None => Arc::new([]),
+    };
     let mut calls = inner.fan_out(|inner, i| {
         let (key, token) = (key.clone(), token.clone());
+        let (fence_key, counters) = (fence_key.clone(), counters.clone());
         async move {
-            (
-                i,
-                inner.nodes[i]
-                    .acquire(&inner.scripts, &key, &token, plan.ttl_ms)
-                    .await,
-            )
+            let node = &inner.nodes[i];
+            let reply = match fence_key {
+                None => {
+                    node.acquire(&inner.scripts, &key, &token, plan.ttl_ms)
+                        .await
+                }
+                Some(fence_key) => {
+                    let (reply, counter) = node
+                        .acquire_fenced(&inner.scripts, &key, &fence_key, &token, plan.ttl_ms)
+                        .await;
+                    if let Some(c) = counter {
+                        counters[i].store(c.saturating_add(1), Ordering::SeqCst);
+                    }
+                    reply
+                }
+            };
+            (i, reply)
         }
     });
     let mut tally = Tally::new(inner.nodes.len());
@@ -365,6 +385,33 @@ async fn attempt(
         start + plan.node_deadline,
     )
     .await;
+    // The largest counter among the voters, plus one.
+    let fence = match (&fence_key, tally.decision()) {
+        (Some(fence_key), Some(Decision::Won)) => {
+            let fence = counters
+                .iter()
+                .map(|c| c.load(Ordering::SeqCst))
+                .max()
+                .unwrap_or(1);
+            let deadline = Instant::now() + plan.node_deadline;
+            let keys = (&key, fence_key, &token);
+            let committed = commit_fence(inner, keys, fence, ttl, deadline).await;
+            if committed < tally.quorum() {
+                // Exclusion is fine, but the token could not be made durable.
+                Cleanup::discard(inner.clone(), key, token, ttl)
+                    .with_late_sets(in_flight(calls))
+                    .run(None);
+                guard.armed = false;
+                return Err(Error::Unavailable {
+                    votes: committed,
+                    quorum: tally.quorum(),
+                    source: None,
+                });
+            }
+            Some(fence)
+        }
+        _ => None,
+    };
     let elapsed = start.elapsed();
     let validity = quorum::validity(ttl, elapsed, plan.drift);
     guard.armed = false;
@@ -385,7 +432,7 @@ async fn attempt(
             ttl,
             ((start + validity).into_std(), validity),
             in_flight(calls),
-            None,
+            fence,
         ));
     }
 
@@ -399,6 +446,37 @@ async fn attempt(
         }
         _ => failure(&tally),
     })
+}
+
+/// Writes `fence` back to every node still holding our key; returns once a
+/// quorum confirmed it (or cannot), and lets the other writes finish in the
+/// background: landing beyond a quorum keeps the counter safe when one node
+/// later loses its data. Returns how many confirmed in time.
+async fn commit_fence(
+    inner: &Arc<Inner>,
+    (key, fence_key, token): (&Arc<str>, &Arc<str>, &Arc<str>),
+    fence: u64,
+    ttl: Duration,
+    deadline: Instant,
+) -> usize {
+    let mut calls = inner.fan_out(|inner, i| {
+        let (key, fence_key, token) = (key.clone(), fence_key.clone(), token.clone());
+        async move {
+            let reply = inner.nodes[i]
+                .commit_fence(&inner.scripts, &key, &fence_key, &token, fence)
+                .await;
+            (i, reply)
+        }
+    });
+    let mut tally = Tally::new(inner.nodes.len());
+    quorum::gather(&mut (&mut calls).map(|(_, r)| r), &mut tally, deadline).await;
+    if !calls.is_empty() {
+        tokio::task::yield_now().await;
+    }
+    Cleanup::discard(inner.clone(), key.clone(), token.clone(), ttl)
+        .finishing(in_flight(calls))
+        .run(None);
+    tally.votes()
 }
 
 /// The error for a vote that did not reach quorum.
