@@ -67,6 +67,7 @@ impl Shared {
     /// Marks the lock lost and, unless that happened already, removes what
     /// keys of ours remain.
     fn lose(&self, votes: usize, quorum: usize) -> Error {
+        tracing::warn!(key = &*self.key, votes, quorum, "quorumlock lock lost");
         let mut release = false;
         self.status.send_modify(|s| {
             s.lost = true;
@@ -120,6 +121,12 @@ impl Shared {
         let in_time = Instant::now() < current.deadline;
         match (tally.decision(), validity) {
             (Some(Decision::Won), Some(validity)) if in_time => {
+                tracing::debug!(
+                    key = &*self.key,
+                    votes = tally.votes(),
+                    ?validity,
+                    "quorumlock extended"
+                );
                 self.status.send_modify(|s| {
                     s.deadline = (start + validity).into_std();
                     s.validity = validity;

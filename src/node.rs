@@ -81,6 +81,9 @@ impl Node {
 
     /// Notes a refused connection: the node is down, leave it alone a while.
     fn observe(&self, reply: Reply) -> Reply {
+        if let Reply::Failed(e) | Reply::Unknown(Some(e)) = &reply {
+            tracing::trace!(error = %e, "quorumlock node call failed");
+        }
         if let Reply::Unknown(Some(e)) = &reply {
             if e.is_connection_refusal() {
                 let until = clock().saturating_add(REST.as_millis() as u64);

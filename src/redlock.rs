@@ -415,6 +415,18 @@ async fn attempt(
     let elapsed = start.elapsed();
     let validity = quorum::validity(ttl, elapsed, plan.drift);
     guard.armed = false;
+    tracing::debug!(
+        key = &*key,
+        won = tally.decision() == Some(Decision::Won),
+        votes = tally.votes(),
+        quorum = tally.quorum(),
+        refused = tally.refused(),
+        unknown = tally.unknown(),
+        ?elapsed,
+        ?validity,
+        ?fence,
+        "quorumlock acquire attempt"
+    );
 
     if let (Some(Decision::Won), Some(validity)) = (tally.decision(), validity) {
         if !calls.is_empty() {
