@@ -52,7 +52,9 @@ where
                 let fence = lock.fence().expect("a fenced manager hands out fences");
                 seen.lock().unwrap().push((Instant::now(), fence));
                 tokio::task::yield_now().await;
-                lock.release().await.unwrap();
+                // With a node frozen, a release may not confirm a quorum
+                // (Unavailable); the keys then expire. Not what is tested here.
+                let _ = lock.release().await;
             }
         }));
     }
