@@ -14,11 +14,15 @@ async fn fenced(urls: &[String]) -> Redlock {
     Redlock::builder()
         .nodes(urls.iter().map(String::as_str))
         .fencing(true)
+        // Waiters are woken by releases; the delay is only the fallback, and
+        // above the node timeout as the README advises (shorter delays let
+        // racing attempts split the votes again and again while a node is
+        // frozen).
         .retry(
             RetryPolicy::new()
                 .attempts(u32::MAX)
-                .delay(Duration::from_millis(2))
-                .jitter(Duration::from_millis(5))
+                .delay(Duration::from_millis(50))
+                .jitter(Duration::from_millis(50))
                 .max_wait(Some(Duration::from_secs(30))),
         )
         .build()
