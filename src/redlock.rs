@@ -429,13 +429,8 @@ async fn attempt(
     );
 
     if let (Some(Decision::Won), Some(validity)) = (tally.decision(), validity) {
-        if !calls.is_empty() {
-            // The last replies usually follow within microseconds: one turn
-            // of the scheduler lets them in, and spares the lock a task to
-            // drive them.
-            tokio::task::yield_now().await;
-            while let Some(Some(_)) = calls.next().now_or_never() {}
-        }
+        // Replies already in need no task to drive them.
+        while let Some(Some(_)) = calls.next().now_or_never() {}
         // SETs still out are driven by the lock (see `watch_late_sets`).
         return Ok(Lock::new(
             inner.clone(),
