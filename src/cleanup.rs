@@ -11,7 +11,7 @@ use futures::{Future, FutureExt, Stream, StreamExt};
 
 use crate::fanout::Fanout;
 use crate::quorum::Reply;
-use crate::redlock::Inner;
+use crate::redlock::{Inner, Keys};
 
 /// Calls still in flight, each yielding its node index and reply.
 pub(crate) type InFlight = Pin<Box<dyn Stream<Item = (usize, Reply)> + Send>>;
@@ -19,7 +19,7 @@ pub(crate) type InFlight = Pin<Box<dyn Stream<Item = (usize, Reply)> + Send>>;
 /// The unfinished business of one lock (or one failed attempt).
 pub(crate) struct Cleanup {
     inner: Arc<Inner>,
-    key: Arc<str>,
+    keys: Keys,
     token: Arc<str>,
     ttl: Duration,
     /// `SET`s of the acquire whose replies had not come.
@@ -36,29 +36,19 @@ pub(crate) struct Cleanup {
 
 impl Cleanup {
     /// A clean-up that releases a held lock on every node, waking waiters.
-    pub(crate) fn release(
-        inner: Arc<Inner>,
-        key: Arc<str>,
-        token: Arc<str>,
-        ttl: Duration,
-    ) -> Self {
+    pub(crate) fn release(inner: Arc<Inner>, keys: Keys, token: Arc<str>, ttl: Duration) -> Self {
         Self {
             announce: true,
-            ..Self::discard(inner, key, token, ttl)
+            ..Self::discard(inner, keys, token, ttl)
         }
     }
 
     /// A clean-up that removes what a failed or abandoned attempt set,
     /// without waking anyone.
-    pub(crate) fn discard(
-        inner: Arc<Inner>,
-        key: Arc<str>,
-        token: Arc<str>,
-        ttl: Duration,
-    ) -> Self {
+    pub(crate) fn discard(inner: Arc<Inner>, keys: Keys, token: Arc<str>, ttl: Duration) -> Self {
         Self {
             inner,
-            key,
+            keys,
             token,
             ttl,
             late_sets: None,
@@ -110,20 +100,20 @@ impl Cleanup {
     async fn finish(mut self) {
         let Self {
             inner,
-            key,
+            keys,
             token,
             ttl,
             ..
         } = &self;
-        let (inner, key, token, ttl) = (inner.clone(), key.clone(), token.clone(), *ttl);
+        let (inner, keys, token, ttl) = (inner.clone(), keys.clone(), token.clone(), *ttl);
         let work = async {
             if self.release_all {
-                let (_, leftover) = inner.release_quorum(&key, &token, self.announce).await;
+                let (_, leftover) = inner.release_quorum(&keys, &token, self.announce).await;
                 self.pending = leftover;
             }
             for i in std::mem::take(&mut self.redelete) {
                 inner.nodes[i]
-                    .release(&inner.scripts, &key, &token, false)
+                    .release(&inner.scripts, &keys, &token, false)
                     .await;
             }
             let pending = async {
@@ -136,7 +126,7 @@ impl Cleanup {
                     while let Some((i, reply)) = sets.next().await {
                         if may_have_landed(&reply) {
                             inner.nodes[i]
-                                .release(&inner.scripts, &key, &token, false)
+                                .release(&inner.scripts, &keys, &token, false)
                                 .await;
                         }
                     }

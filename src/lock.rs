@@ -12,7 +12,7 @@ use tokio::sync::watch;
 
 use crate::cleanup::{in_flight, may_have_landed, Cleanup, InFlight};
 use crate::quorum::{self, Decision, Tally};
-use crate::redlock::Inner;
+use crate::redlock::{Inner, Keys};
 use crate::Error;
 
 /// The signal fires this long before the deadline, so it is never late
@@ -34,8 +34,8 @@ struct Status {
 /// State shared by a lock, its guards and its keep-alive task.
 struct Shared {
     inner: Arc<Inner>,
-    /// Key prefix + resource; `resource()` is the part after the prefix.
-    key: Arc<str>,
+    /// Key prefix + resource, one per resource (all held together).
+    keys: Keys,
     token: Arc<str>,
     status: watch::Sender<Status>,
     /// One extend at a time, whether the holder's or the keep-alive's.
@@ -47,9 +47,12 @@ struct Shared {
 
 impl Shared {
     fn resource(&self) -> &str {
-        self.key
-            .get(self.inner.key_prefix.len()..)
-            .unwrap_or_default()
+        self.strip(&self.keys[0])
+    }
+
+    /// The resource name in a key: what follows the prefix.
+    fn strip<'a>(&self, key: &'a str) -> &'a str {
+        key.get(self.inner.key_prefix.len()..).unwrap_or_default()
     }
 
     fn status(&self) -> Status {
@@ -67,7 +70,7 @@ impl Shared {
     /// Marks the lock lost and, unless that happened already, removes what
     /// keys of ours remain.
     fn lose(&self, votes: usize, quorum: usize) -> Error {
-        tracing::warn!(key = &*self.key, votes, quorum, "quorumlock lock lost");
+        tracing::warn!(key = &*self.keys[0], votes, quorum, "quorumlock lock lost");
         let mut release = false;
         self.status.send_modify(|s| {
             s.lost = true;
@@ -76,7 +79,7 @@ impl Shared {
         if release {
             Cleanup::release(
                 self.inner.clone(),
-                self.key.clone(),
+                self.keys.clone(),
                 self.token.clone(),
                 self.status().ttl,
             )
@@ -96,7 +99,7 @@ impl Shared {
             return Err(self.lose(0, quorum));
         }
         let mut calls = self.inner.fan_out(|inner, i| {
-            let (key, token) = (self.key.clone(), self.token.clone());
+            let (key, token) = (self.keys.clone(), self.token.clone());
             async move {
                 let reply = inner.nodes[i]
                     .extend(&inner.scripts, &key, &token, plan.ttl_ms)
@@ -110,7 +113,7 @@ impl Shared {
         quorum::gather(&mut (&mut calls).map(|(_, r)| r), &mut tally, deadline).await;
         Cleanup::release(
             self.inner.clone(),
-            self.key.clone(),
+            self.keys.clone(),
             self.token.clone(),
             ttl,
         )
@@ -122,7 +125,7 @@ impl Shared {
         match (tally.decision(), validity) {
             (Some(Decision::Won), Some(validity)) if in_time => {
                 tracing::debug!(
-                    key = &*self.key,
+                    key = &*self.keys[0],
                     votes = tally.votes(),
                     ?validity,
                     "quorumlock extended"
@@ -208,7 +211,7 @@ async fn watch_late_sets(shared: Arc<Shared>, mut sets: InFlight) {
             if may_have_landed(&reply) && shared.status().released {
                 let inner = &shared.inner;
                 inner.nodes[i]
-                    .release(&inner.scripts, &shared.key, &shared.token, false)
+                    .release(&inner.scripts, &shared.keys, &shared.token, false)
                     .await;
             }
         }
@@ -282,7 +285,7 @@ impl std::fmt::Debug for Lock {
 impl Lock {
     pub(crate) fn new(
         inner: Arc<Inner>,
-        key: Arc<str>,
+        keys: Keys,
         token: Arc<str>,
         ttl: Duration,
         (deadline, validity): (Instant, Duration),
@@ -298,7 +301,7 @@ impl Lock {
         };
         let shared = Shared {
             inner,
-            key,
+            keys,
             token,
             status: watch::Sender::new(status),
             extending: tokio::sync::Mutex::new(()),
@@ -319,14 +322,22 @@ impl Lock {
         }
     }
 
-    /// The resource name as it was passed to `acquire`.
+    /// The resource name as it was passed to `acquire` (the first one, for
+    /// a lock on several resources).
     pub fn resource(&self) -> &str {
         self.shared.resource()
     }
 
-    /// The Redis key holding the lock (key prefix + resource).
+    /// The Redis key holding the lock (key prefix + resource); the first
+    /// one for a lock on several resources.
     pub fn key(&self) -> &str {
-        &self.shared.key
+        &self.shared.keys[0]
+    }
+
+    /// Every resource this lock holds, in the order they were asked for
+    /// (one, unless it came from [`acquire_many`](crate::Redlock::acquire_many)).
+    pub fn resources(&self) -> impl Iterator<Item = &str> {
+        self.shared.keys.iter().map(|k| self.shared.strip(k))
     }
 
     /// This holder's random token: the value stored under the key.
@@ -434,7 +445,7 @@ impl Lock {
         let s = &self.shared;
         Cleanup::release(
             s.inner.clone(),
-            s.key.clone(),
+            s.keys.clone(),
             s.token.clone(),
             s.status().ttl,
         )
@@ -473,7 +484,7 @@ impl Lock {
         let (tally, pending) = self
             .shared
             .inner
-            .release_quorum(&self.shared.key, &self.shared.token, true)
+            .release_quorum(&self.shared.keys, &self.shared.token, true)
             .await;
         if let Some(cleanup) = guard.0.take() {
             cleanup.finishing(pending).run(runtime.as_ref());

@@ -3,7 +3,7 @@
 //! node that fails is a missing vote, not a reason to stop the attempt.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -20,6 +20,9 @@ pub(crate) struct Scripts {
     acquire_retry: Script,
     acquire_fenced: Script,
     fence_commit: Script,
+    acquire_many: Script,
+    release_many: Script,
+    extend_many: Script,
 }
 
 impl Scripts {
@@ -31,6 +34,9 @@ impl Scripts {
             acquire_retry: Script::new(include_str!("scripts/acquire_retry.lua")),
             acquire_fenced: Script::new(include_str!("scripts/acquire_fenced.lua")),
             fence_commit: Script::new(include_str!("scripts/fence_commit.lua")),
+            acquire_many: Script::new(include_str!("scripts/acquire_many.lua")),
+            release_many: Script::new(include_str!("scripts/release_many.lua")),
+            extend_many: Script::new(include_str!("scripts/extend_many.lua")),
         }
     }
 }
@@ -105,23 +111,32 @@ impl Node {
 
     /// `SET key token NX PX ttl_ms`. If the connection dropped under it,
     /// tries once more on a fresh connection with a script that also counts
-    /// our own token as success (the first SET may have landed).
+    /// our own token as success (the first SET may have landed). Several
+    /// keys are set all or nothing, by one script.
     pub(crate) async fn acquire(
         &self,
         scripts: &Scripts,
-        key: &str,
+        keys: &[Arc<str>],
         token: &str,
         ttl_ms: u64,
     ) -> Reply {
         if self.resting() {
             return Reply::Unknown(None);
         }
+        let [key] = keys else {
+            let mut call = scripts.acquire_many.prepare_invoke();
+            for key in keys {
+                call.key(&**key);
+            }
+            call.arg(token).arg(ttl_ms);
+            return self.repeatable(&call).await;
+        };
         let reply = match self.set_nx_px(key, token, ttl_ms).await {
             Reply::Unknown(Some(e)) if dropped(&e) => {
                 let mut conn = self.conn.clone();
                 let reply = scripts
                     .acquire_retry
-                    .key(key)
+                    .key(&**key)
                     .arg(token)
                     .arg(ttl_ms)
                     .invoke_async::<i64>(&mut conn)
@@ -133,13 +148,13 @@ impl Node {
         self.observe(reply)
     }
 
-    /// As `acquire`, reading the fencing counter at `fence_key` in the same
-    /// script: `Yes` comes with the counter's value.
+    /// As `acquire`, reading the keys' fencing counters (`fence_keys`) in
+    /// the same script: `Yes` comes with the largest counter's value.
     pub(crate) async fn acquire_fenced(
         &self,
         scripts: &Scripts,
-        key: &str,
-        fence_key: &str,
+        keys: &[Arc<str>],
+        fence_keys: &[Arc<str>],
         token: &str,
         ttl_ms: u64,
     ) -> (Reply, Option<u64>) {
@@ -147,7 +162,10 @@ impl Node {
             return (Reply::Unknown(None), None);
         }
         let mut call = scripts.acquire_fenced.prepare_invoke();
-        call.key(key).key(fence_key).arg(token).arg(ttl_ms);
+        for key in keys.iter().chain(fence_keys) {
+            call.key(&**key);
+        }
+        call.arg(token).arg(ttl_ms).arg(keys.len());
         let mut counter = None;
         let reply = self
             .repeatable_with(&call, |n| {
@@ -158,17 +176,20 @@ impl Node {
         (reply, counter)
     }
 
-    /// Raises the fencing counter to `fence` while our key is still there.
+    /// Raises the fencing counters to `fence` while our keys are still there.
     pub(crate) async fn commit_fence(
         &self,
         scripts: &Scripts,
-        key: &str,
-        fence_key: &str,
+        keys: &[Arc<str>],
+        fence_keys: &[Arc<str>],
         token: &str,
         fence: u64,
     ) -> Reply {
         let mut call = scripts.fence_commit.prepare_invoke();
-        call.key(key).key(fence_key).arg(token).arg(fence);
+        for key in keys.iter().chain(fence_keys) {
+            call.key(&**key);
+        }
+        call.arg(token).arg(fence).arg(keys.len());
         self.repeatable(&call).await
     }
 
@@ -196,17 +217,25 @@ impl Node {
     pub(crate) async fn release(
         &self,
         scripts: &Scripts,
-        key: &str,
+        keys: &[Arc<str>],
         token: &str,
         announce: bool,
     ) -> Reply {
+        let [key] = keys else {
+            let mut call = scripts.release_many.prepare_invoke();
+            for key in keys {
+                call.key(&**key);
+            }
+            call.arg(token).arg(if announce { "1" } else { "0" });
+            return self.repeatable(&call).await;
+        };
         let script = if announce {
             &scripts.release
         } else {
             &scripts.discard
         };
         let mut call = script.prepare_invoke();
-        call.key(key).arg(token);
+        call.key(&**key).arg(token);
         self.repeatable(&call).await
     }
 
@@ -214,12 +243,19 @@ impl Node {
     pub(crate) async fn extend(
         &self,
         scripts: &Scripts,
-        key: &str,
+        keys: &[Arc<str>],
         token: &str,
         ttl_ms: u64,
     ) -> Reply {
-        let mut call = scripts.extend.prepare_invoke();
-        call.key(key).arg(token).arg(ttl_ms);
+        let script = match keys {
+            [_] => &scripts.extend,
+            _ => &scripts.extend_many,
+        };
+        let mut call = script.prepare_invoke();
+        for key in keys {
+            call.key(&**key);
+        }
+        call.arg(token).arg(ttl_ms);
         self.repeatable(&call).await
     }
 

@@ -18,6 +18,9 @@ use crate::quorum::{self, Decision, Reply, Tally};
 use crate::wake::{Wakeups, Watch};
 use crate::Error;
 
+/// The keys of one lock: one per resource, all set or none.
+pub(crate) type Keys = Arc<[Arc<str>]>;
+
 /// Shared by a [`Redlock`] and every lock it hands out.
 pub(crate) struct Inner {
     pub(crate) nodes: Arc<[Node]>,
@@ -115,11 +118,78 @@ impl Redlock {
     /// # Ok(()) }
     /// ```
     pub async fn acquire(&self, resource: &str, ttl: Duration) -> Result<Lock, Error> {
+        let keys = self.keys_for(&[resource])?;
+        self.acquire_keys(keys, ttl).await
+    }
+
+    /// Acquires every resource in `resources` together, or none: one script
+    /// per node sets all of their keys or none, so two clients asking for
+    /// overlapping sets, in any order, can never each hold a part and wait
+    /// for the other. Retries as [`acquire`](Self::acquire). The lock's
+    /// release, extend and fence cover the whole set.
+    ///
+    /// With Redis Cluster-style nodes, all keys must share a hash tag (for
+    /// example `{order:42}:a` and `{order:42}:b`).
+    ///
+    /// # Errors
+    /// As [`acquire`](Self::acquire); [`Error::InvalidInput`] also for an
+    /// empty list or a resource named twice.
+    ///
+    /// # Example
+    /// ```no_run
+    /// # async fn demo(redlock: quorumlock::Redlock) -> Result<(), quorumlock::Error> {
+    /// use std::time::Duration;
+    /// let lock = redlock.acquire_many(&["account:1", "account:2"], Duration::from_secs(5)).await?;
+    /// // ... move money between the two accounts ...
+    /// lock.release().await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn acquire_many(&self, resources: &[&str], ttl: Duration) -> Result<Lock, Error> {
+        let keys = self.keys_for(resources)?;
+        self.acquire_keys(keys, ttl).await
+    }
+
+    /// One attempt of [`acquire_many`](Self::acquire_many).
+    ///
+    /// # Errors
+    /// As [`acquire_many`](Self::acquire_many), from the single attempt.
+    pub async fn try_acquire_many(&self, resources: &[&str], ttl: Duration) -> Result<Lock, Error> {
+        let keys = self.keys_for(resources)?;
+        let plan = self.inner.plan(resources[0], ttl)?;
+        attempt(&self.inner, keys, ttl, plan).await
+    }
+
+    /// The keys of `resources`, checked: none empty, none twice.
+    fn keys_for(&self, resources: &[&str]) -> Result<Keys, Error> {
+        if resources.is_empty() {
+            return Err(Error::InvalidInput("no resources were given"));
+        }
+        let mut keys: Vec<Arc<str>> = Vec::with_capacity(resources.len());
+        for resource in resources {
+            if resource.is_empty() {
+                return Err(Error::InvalidInput("resource name is empty"));
+            }
+            let key: Arc<str> = if self.inner.key_prefix.is_empty() {
+                Arc::from(*resource)
+            } else {
+                Arc::from(self.key(resource))
+            };
+            if keys.contains(&key) {
+                return Err(Error::InvalidInput("a resource is named twice"));
+            }
+            keys.push(key);
+        }
+        Ok(keys.into())
+    }
+
+    /// The retry loop shared by `acquire` and `acquire_many`.
+    async fn acquire_keys(&self, keys: Keys, ttl: Duration) -> Result<Lock, Error> {
+        let plan = self.inner.plan(self.resource_of(&keys[0]), ttl)?;
         let started = Instant::now();
         let policy = &self.inner.retry;
         // Set up once the resource was found held: wakes us on its release.
         let mut watch: Option<Watch> = None;
-        let mut attempt = 1;
+        let mut attempt_no = 1;
         loop {
             // Armed before the attempt, so a release racing it is not missed.
             let notify = watch.as_ref().map(Watch::notify);
@@ -127,11 +197,11 @@ impl Redlock {
             if let Some(released) = released.as_mut() {
                 released.as_mut().enable();
             }
-            let err = match self.try_acquire(resource, ttl).await {
+            let err = match attempt(&self.inner, keys.clone(), ttl, plan).await {
                 Ok(lock) => return Ok(lock),
                 Err(err) => err,
             };
-            if !err.is_retryable() || attempt >= policy.max_attempts() {
+            if !err.is_retryable() || attempt_no >= policy.max_attempts() {
                 return Err(err);
             }
             let wait = policy.backoff();
@@ -142,10 +212,10 @@ impl Redlock {
             }
             if err.is_contended() && watch.is_none() {
                 // Once subscribed, try again at once: a release between the
-                // failed attempt and the subscription would be missed.
-                let key = self.key(resource);
-                watch = Some(self.inner.wakeups.watch(&key, wait).await);
-                attempt += 1;
+                // failed attempt and the subscription would be missed. (For
+                // a set, the first key's releases are watched.)
+                watch = Some(self.inner.wakeups.watch(&keys[0], wait).await);
+                attempt_no += 1;
                 continue;
             }
             match released {
@@ -162,8 +232,13 @@ impl Redlock {
                 }
                 None => tokio::time::sleep(wait).await,
             }
-            attempt += 1;
+            attempt_no += 1;
         }
+    }
+
+    /// The resource name in a key.
+    fn resource_of<'a>(&self, key: &'a str) -> &'a str {
+        key.get(self.inner.key_prefix.len()..).unwrap_or_default()
     }
 
     /// Runs `work` while holding `resource`: acquires it (as
@@ -251,7 +326,7 @@ impl Redlock {
         } else {
             Arc::from(self.key(resource))
         };
-        attempt(&self.inner, key, ttl, plan).await
+        attempt(&self.inner, Arc::from([key]), ttl, plan).await
     }
 }
 
@@ -304,17 +379,17 @@ impl Inner {
     /// its delete when it thaws, and a slow one costs the caller nothing.
     pub(crate) async fn release_quorum(
         self: &Arc<Self>,
-        key: &Arc<str>,
+        keys: &Keys,
         token: &Arc<str>,
         announce: bool,
     ) -> (Tally, Option<InFlight>) {
         let mut calls = self.fan_out(|inner, i| {
-            let (key, token) = (key.clone(), token.clone());
+            let (keys, token) = (keys.clone(), token.clone());
             async move {
                 (
                     i,
                     inner.nodes[i]
-                        .release(&inner.scripts, &key, &token, announce)
+                        .release(&inner.scripts, &keys, &token, announce)
                         .await,
                 )
             }
@@ -332,42 +407,41 @@ impl Inner {
 }
 
 /// One attempt: the whole of REDLOCK.md's "Acquire" section.
-async fn attempt(
-    inner: &Arc<Inner>,
-    key: Arc<str>,
-    ttl: Duration,
-    plan: Plan,
-) -> Result<Lock, Error> {
+async fn attempt(inner: &Arc<Inner>, keys: Keys, ttl: Duration, plan: Plan) -> Result<Lock, Error> {
     let start = Instant::now();
     let token = new_token();
     // Armed from the first SET on: if this future is dropped midway, the
     // guard removes whatever landed.
     let mut guard = AttemptGuard {
         inner: inner.clone(),
-        key: key.clone(),
+        keys: keys.clone(),
         token: token.clone(),
         ttl,
         armed: true,
     };
     // With fencing, each yes vote leaves its node's counter + 1 here.
-    let fence_key: Option<Arc<str>> = inner.fencing.then(|| format!("{key}:fence").into());
-    let counters: Arc<[AtomicU64]> = match fence_key {
+    let fence_keys: Option<Keys> = inner.fencing.then(|| {
+        keys.iter()
+            .map(|k| Arc::from(format!("{k}:fence")))
+            .collect()
+    });
+    let counters: Arc<[AtomicU64]> = match fence_keys {
         Some(_) => (0..inner.nodes.len()).map(|_| AtomicU64::new(0)).collect(),
         None => Arc::new([]),
     };
     let mut calls = inner.fan_out(|inner, i| {
-        let (key, token) = (key.clone(), token.clone());
-        let (fence_key, counters) = (fence_key.clone(), counters.clone());
+        let (keys, token) = (keys.clone(), token.clone());
+        let (fence_keys, counters) = (fence_keys.clone(), counters.clone());
         async move {
             let node = &inner.nodes[i];
-            let reply = match fence_key {
+            let reply = match fence_keys {
                 None => {
-                    node.acquire(&inner.scripts, &key, &token, plan.ttl_ms)
+                    node.acquire(&inner.scripts, &keys, &token, plan.ttl_ms)
                         .await
                 }
-                Some(fence_key) => {
+                Some(fence_keys) => {
                     let (reply, counter) = node
-                        .acquire_fenced(&inner.scripts, &key, &fence_key, &token, plan.ttl_ms)
+                        .acquire_fenced(&inner.scripts, &keys, &fence_keys, &token, plan.ttl_ms)
                         .await;
                     if let Some(c) = counter {
                         counters[i].store(c.saturating_add(1), Ordering::SeqCst);
@@ -386,19 +460,19 @@ async fn attempt(
     )
     .await;
     // The largest counter among the voters, plus one.
-    let fence = match (&fence_key, tally.decision()) {
-        (Some(fence_key), Some(Decision::Won)) => {
+    let fence = match (&fence_keys, tally.decision()) {
+        (Some(fence_keys), Some(Decision::Won)) => {
             let fence = counters
                 .iter()
                 .map(|c| c.load(Ordering::SeqCst))
                 .max()
                 .unwrap_or(1);
             let deadline = Instant::now() + plan.node_deadline;
-            let keys = (&key, fence_key, &token);
-            let committed = commit_fence(inner, keys, fence, ttl, deadline).await;
+            let committed =
+                commit_fence(inner, (&keys, fence_keys, &token), fence, ttl, deadline).await;
             if committed < tally.quorum() {
                 // Exclusion is fine, but the token could not be made durable.
-                Cleanup::discard(inner.clone(), key, token, ttl)
+                Cleanup::discard(inner.clone(), keys, token, ttl)
                     .with_late_sets(in_flight(calls))
                     .run(None);
                 guard.armed = false;
@@ -416,7 +490,8 @@ async fn attempt(
     let validity = quorum::validity(ttl, elapsed, plan.drift);
     guard.armed = false;
     tracing::debug!(
-        key = &*key,
+        key = &*keys[0],
+        keys = keys.len(),
         won = tally.decision() == Some(Decision::Won),
         votes = tally.votes(),
         quorum = tally.quorum(),
@@ -434,7 +509,7 @@ async fn attempt(
         // SETs still out are driven by the lock (see `watch_late_sets`).
         return Ok(Lock::new(
             inner.clone(),
-            key,
+            keys,
             token,
             ttl,
             ((start + validity).into_std(), validity),
@@ -444,7 +519,7 @@ async fn attempt(
     }
 
     // Released in the background: the caller can retry at once.
-    Cleanup::discard(inner.clone(), key, token, ttl)
+    Cleanup::discard(inner.clone(), keys, token, ttl)
         .with_late_sets(in_flight(calls))
         .run(None);
     Err(match validity {
@@ -461,16 +536,16 @@ async fn attempt(
 /// later loses its data. Returns how many confirmed in time.
 async fn commit_fence(
     inner: &Arc<Inner>,
-    (key, fence_key, token): (&Arc<str>, &Arc<str>, &Arc<str>),
+    (keys, fence_keys, token): (&Keys, &Keys, &Arc<str>),
     fence: u64,
     ttl: Duration,
     deadline: Instant,
 ) -> usize {
     let mut calls = inner.fan_out(|inner, i| {
-        let (key, fence_key, token) = (key.clone(), fence_key.clone(), token.clone());
+        let (keys, fence_keys, token) = (keys.clone(), fence_keys.clone(), token.clone());
         async move {
             let reply = inner.nodes[i]
-                .commit_fence(&inner.scripts, &key, &fence_key, &token, fence)
+                .commit_fence(&inner.scripts, &keys, &fence_keys, &token, fence)
                 .await;
             (i, reply)
         }
@@ -480,7 +555,7 @@ async fn commit_fence(
     if !calls.is_empty() {
         tokio::task::yield_now().await;
     }
-    Cleanup::discard(inner.clone(), key.clone(), token.clone(), ttl)
+    Cleanup::discard(inner.clone(), keys.clone(), token.clone(), ttl)
         .finishing(in_flight(calls))
         .run(None);
     tally.votes()
@@ -492,6 +567,12 @@ fn failure(tally: &Tally) -> Error {
     if tally.refused() > 0 {
         Error::Contended { votes, quorum }
     } else if let Some(source) = tally.answered_error() {
+        if source.code() == Some("CROSSSLOT") {
+            return Error::InvalidInput(
+                "on Redis Cluster nodes, the keys of one multi-resource lock must share a hash tag, \
+                 like {order:42}:a and {order:42}:b",
+            );
+        }
         Error::Redis {
             votes,
             quorum,
@@ -510,7 +591,7 @@ fn failure(tally: &Tally) -> Error {
 /// and when the caller drops the attempt midway.
 struct AttemptGuard {
     inner: Arc<Inner>,
-    key: Arc<str>,
+    keys: Keys,
     token: Arc<str>,
     ttl: Duration,
     armed: bool,
@@ -521,7 +602,7 @@ impl Drop for AttemptGuard {
         if self.armed {
             Cleanup::discard(
                 self.inner.clone(),
-                self.key.clone(),
+                self.keys.clone(),
                 self.token.clone(),
                 self.ttl,
             )

@@ -1,10 +1,21 @@
--- SET NX PX that also reads the resource's fencing counter, atomically, so
--- the counter read belongs to this acquisition. Finding our own token counts
--- as success (a retry after a dropped connection).
--- KEYS[1] = lock key, KEYS[2] = fence counter key,
--- ARGV[1] = token, ARGV[2] = TTL in milliseconds.
--- Returns the counter (0 when unset) if the key is ours, -1 otherwise.
-if redis.call("SET", KEYS[1], ARGV[1], "NX", "PX", ARGV[2]) or redis.call("GET", KEYS[1]) == ARGV[1] then
-    return tonumber(redis.call("GET", KEYS[2]) or "0")
+-- All-or-nothing acquire of N lock keys that also reads their fencing
+-- counters, atomically, so the read belongs to this acquisition. Keys
+-- already holding our token count as free (a retry after a dropped
+-- connection).
+-- KEYS[1..N] = lock keys, KEYS[N+1..2N] = their fence counter keys,
+-- ARGV[1] = token, ARGV[2] = TTL in milliseconds, ARGV[3] = N.
+-- Returns the largest counter (0 when unset) if the keys are ours, -1
+-- otherwise.
+local n = tonumber(ARGV[3])
+for i = 1, n do
+    local holder = redis.call("GET", KEYS[i])
+    if holder and holder ~= ARGV[1] then
+        return -1
+    end
 end
-return -1
+local highest = 0
+for i = 1, n do
+    redis.call("SET", KEYS[i], ARGV[1], "PX", ARGV[2])
+    highest = math.max(highest, tonumber(redis.call("GET", KEYS[n + i]) or "0"))
+end
+return highest
