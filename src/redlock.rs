@@ -406,8 +406,22 @@ impl Inner {
     }
 }
 
-/// One attempt: the whole of REDLOCK.md's "Acquire" section.
+/// One attempt, in a tracing span.
 async fn attempt(inner: &Arc<Inner>, keys: Keys, ttl: Duration, plan: Plan) -> Result<Lock, Error> {
+    use tracing::Instrument;
+    let span = tracing::debug_span!("quorumlock_attempt", key = &*keys[0], keys = keys.len());
+    attempt_in_span(inner, keys, ttl, plan)
+        .instrument(span)
+        .await
+}
+
+/// One attempt: the whole of REDLOCK.md's "Acquire" section.
+async fn attempt_in_span(
+    inner: &Arc<Inner>,
+    keys: Keys,
+    ttl: Duration,
+    plan: Plan,
+) -> Result<Lock, Error> {
     let start = Instant::now();
     let token = new_token();
     // Armed from the first SET on: if this future is dropped midway, the
