@@ -439,21 +439,20 @@ async fn attempt_in_span(
             .map(|k| Arc::from(format!("{k}:fence")))
             .collect()
     });
-    let counters: Arc<[AtomicU64]> = match fence_keys {
-        Some(_) => (0..inner.nodes.len()).map(|_| AtomicU64::new(0)).collect(),
-        None => Arc::new([]),
-    };
+    let counters: Option<Arc<[AtomicU64]>> = fence_keys
+        .as_ref()
+        .map(|_| (0..inner.nodes.len()).map(|_| AtomicU64::new(0)).collect());
     let mut calls = inner.fan_out(|inner, i| {
         let (keys, token) = (keys.clone(), token.clone());
         let (fence_keys, counters) = (fence_keys.clone(), counters.clone());
         async move {
             let node = &inner.nodes[i];
-            let reply = match fence_keys {
+            let reply = match fence_keys.zip(counters) {
                 None => {
                     node.acquire(&inner.scripts, &keys, &token, plan.ttl_ms)
                         .await
                 }
-                Some(fence_keys) => {
+                Some((fence_keys, counters)) => {
                     let (reply, counter) = node
                         .acquire_fenced(&inner.scripts, &keys, &fence_keys, &token, plan.ttl_ms)
                         .await;
@@ -474,8 +473,8 @@ async fn attempt_in_span(
     )
     .await;
     // The largest counter among the voters, plus one.
-    let fence = match (&fence_keys, tally.decision()) {
-        (Some(fence_keys), Some(Decision::Won)) => {
+    let fence = match (&fence_keys, &counters, tally.decision()) {
+        (Some(fence_keys), Some(counters), Some(Decision::Won)) => {
             let fence = counters
                 .iter()
                 .map(|c| c.load(Ordering::SeqCst))
