@@ -76,7 +76,14 @@ impl Raw {
         let calls = self.conns.iter().map(|c| {
             let mut c = c.clone();
             let script = self.release.clone();
-            async move { script.key(key).arg(token).invoke_async::<i64>(&mut c).await }
+            async move {
+                script
+                    .key(key)
+                    .arg(token)
+                    .arg("1")
+                    .invoke_async::<i64>(&mut c)
+                    .await
+            }
         });
         join_all(calls).await;
     }

@@ -12,33 +12,38 @@ use redis::{ConnectionInfo, ErrorKind, RedisError, Script, ScriptInvocation, Val
 use crate::quorum::Reply;
 
 /// The Lua scripts, hashed once per manager and sent by EVALSHA (falling
-/// back to loading them after a node restart forgot them).
+/// back to loading them after a node restart forgot them). Each takes every
+/// key of a lock, so one script serves a single resource and a set.
 pub(crate) struct Scripts {
+    acquire: Script,
     release: Script,
-    discard: Script,
     extend: Script,
-    acquire_retry: Script,
     acquire_fenced: Script,
     fence_commit: Script,
-    acquire_many: Script,
-    release_many: Script,
-    extend_many: Script,
 }
 
 impl Scripts {
     pub(crate) fn new() -> Self {
         Self {
+            acquire: Script::new(include_str!("scripts/acquire.lua")),
             release: Script::new(include_str!("scripts/release.lua")),
-            discard: Script::new(include_str!("scripts/discard.lua")),
             extend: Script::new(include_str!("scripts/extend.lua")),
-            acquire_retry: Script::new(include_str!("scripts/acquire_retry.lua")),
             acquire_fenced: Script::new(include_str!("scripts/acquire_fenced.lua")),
             fence_commit: Script::new(include_str!("scripts/fence_commit.lua")),
-            acquire_many: Script::new(include_str!("scripts/acquire_many.lua")),
-            release_many: Script::new(include_str!("scripts/release_many.lua")),
-            extend_many: Script::new(include_str!("scripts/extend_many.lua")),
         }
     }
+}
+
+/// An invocation of `script` with `keys` as its KEYS.
+fn invocation<'a>(
+    script: &'a Script,
+    keys: impl IntoIterator<Item = &'a Arc<str>>,
+) -> ScriptInvocation<'a> {
+    let mut call = script.prepare_invoke();
+    for key in keys {
+        call.key(&**key);
+    }
+    call
 }
 
 /// A connection to one node. `ConnectionManager` is a cheap clone around a
@@ -109,10 +114,10 @@ impl Node {
             .is_ok()
     }
 
-    /// `SET key token NX PX ttl_ms`. If the connection dropped under it,
-    /// tries once more on a fresh connection with a script that also counts
-    /// our own token as success (the first SET may have landed). Several
-    /// keys are set all or nothing, by one script.
+    /// `SET key token NX PX ttl_ms` for a single key; several keys are set
+    /// all or nothing by the acquire script. If the connection dropped under
+    /// a single key's SET, the script is the retry on a fresh connection: it
+    /// also counts our own token as success (the first SET may have landed).
     pub(crate) async fn acquire(
         &self,
         scripts: &Scripts,
@@ -123,29 +128,15 @@ impl Node {
         if self.resting() {
             return Reply::Unknown(None);
         }
-        let [key] = keys else {
-            let mut call = scripts.acquire_many.prepare_invoke();
-            for key in keys {
-                call.key(&**key);
+        let mut call = invocation(&scripts.acquire, keys);
+        call.arg(token).arg(ttl_ms);
+        if let [key] = keys {
+            match self.set_nx_px(key, token, ttl_ms).await {
+                Reply::Unknown(Some(e)) if dropped(&e) => {}
+                reply => return self.observe(reply),
             }
-            call.arg(token).arg(ttl_ms);
-            return self.repeatable(&call).await;
-        };
-        let reply = match self.set_nx_px(key, token, ttl_ms).await {
-            Reply::Unknown(Some(e)) if dropped(&e) => {
-                let mut conn = self.conn.clone();
-                let reply = scripts
-                    .acquire_retry
-                    .key(&**key)
-                    .arg(token)
-                    .arg(ttl_ms)
-                    .invoke_async::<i64>(&mut conn)
-                    .await;
-                script_reply(reply)
-            }
-            reply => reply,
-        };
-        self.observe(reply)
+        }
+        self.repeatable(&call).await
     }
 
     /// As `acquire`, reading the keys' fencing counters (`fence_keys`) in
@@ -158,13 +149,7 @@ impl Node {
         token: &str,
         ttl_ms: u64,
     ) -> (Reply, Option<u64>) {
-        if self.resting() {
-            return (Reply::Unknown(None), None);
-        }
-        let mut call = scripts.acquire_fenced.prepare_invoke();
-        for key in keys.iter().chain(fence_keys) {
-            call.key(&**key);
-        }
+        let mut call = invocation(&scripts.acquire_fenced, keys.iter().chain(fence_keys));
         call.arg(token).arg(ttl_ms).arg(keys.len());
         let mut counter = None;
         let reply = self
@@ -185,10 +170,7 @@ impl Node {
         token: &str,
         fence: u64,
     ) -> Reply {
-        let mut call = scripts.fence_commit.prepare_invoke();
-        for key in keys.iter().chain(fence_keys) {
-            call.key(&**key);
-        }
+        let mut call = invocation(&scripts.fence_commit, keys.iter().chain(fence_keys));
         call.arg(token).arg(fence).arg(keys.len());
         self.repeatable(&call).await
     }
@@ -211,9 +193,9 @@ impl Node {
         }
     }
 
-    /// Compare-and-delete: `Yes` when our key was deleted. With `announce`,
-    /// waiters are told the resource is free (a holder's release); without,
-    /// nobody is (a failed attempt cleaning up).
+    /// Compare-and-delete of our keys: `Yes` when every one was ours and is
+    /// deleted. With `announce`, waiters are told the resource is free (a
+    /// holder's release); without, nobody is (a failed attempt cleaning up).
     pub(crate) async fn release(
         &self,
         scripts: &Scripts,
@@ -221,25 +203,12 @@ impl Node {
         token: &str,
         announce: bool,
     ) -> Reply {
-        let [key] = keys else {
-            let mut call = scripts.release_many.prepare_invoke();
-            for key in keys {
-                call.key(&**key);
-            }
-            call.arg(token).arg(if announce { "1" } else { "0" });
-            return self.repeatable(&call).await;
-        };
-        let script = if announce {
-            &scripts.release
-        } else {
-            &scripts.discard
-        };
-        let mut call = script.prepare_invoke();
-        call.key(&**key).arg(token);
+        let mut call = invocation(&scripts.release, keys);
+        call.arg(token).arg(if announce { "1" } else { "0" });
         self.repeatable(&call).await
     }
 
-    /// Compare-and-expire: `Yes` when our key now lives `ttl_ms` more.
+    /// Compare-and-expire: `Yes` when our keys now live `ttl_ms` more.
     pub(crate) async fn extend(
         &self,
         scripts: &Scripts,
@@ -247,14 +216,7 @@ impl Node {
         token: &str,
         ttl_ms: u64,
     ) -> Reply {
-        let script = match keys {
-            [_] => &scripts.extend,
-            _ => &scripts.extend_many,
-        };
-        let mut call = script.prepare_invoke();
-        for key in keys {
-            call.key(&**key);
-        }
+        let mut call = invocation(&scripts.extend, keys);
         call.arg(token).arg(ttl_ms);
         self.repeatable(&call).await
     }
@@ -295,14 +257,6 @@ impl Node {
 /// The connection broke under the call; the manager is reconnecting.
 fn dropped(e: &RedisError) -> bool {
     e.is_connection_dropped() || e.is_unrecoverable_error()
-}
-
-fn script_reply(reply: Result<i64, RedisError>) -> Reply {
-    match reply {
-        Ok(1) => Reply::Yes,
-        Ok(_) => Reply::No,
-        Err(e) => classify(e),
-    }
 }
 
 /// A node we could not reach (refused, dropped, timed out) leaves the outcome

@@ -1,8 +1,13 @@
--- Compare-and-expire: push the expiry out only while the key still holds our
--- token; a lock that expired or was taken over is never silently re-acquired.
--- KEYS[1] = lock key, ARGV[1] = token, ARGV[2] = new TTL in milliseconds.
--- Returns 1 when extended, 0 otherwise.
-if redis.call("GET", KEYS[1]) == ARGV[1] then
-    return redis.call("PEXPIRE", KEYS[1], ARGV[2])
+-- Compare-and-expire of a lock's keys: all of them, only if all are still
+-- ours; a lock that expired or was taken over is never silently re-acquired.
+-- KEYS = lock keys, ARGV[1] = token, ARGV[2] = new TTL in milliseconds.
+-- Returns 1 when every key now lives ARGV[2] more, 0 otherwise.
+for _, key in ipairs(KEYS) do
+    if redis.call("GET", key) ~= ARGV[1] then
+        return 0
+    end
 end
-return 0
+for _, key in ipairs(KEYS) do
+    redis.call("PEXPIRE", key, ARGV[2])
+end
+return 1

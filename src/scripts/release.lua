@@ -1,11 +1,19 @@
--- Compare-and-delete: remove the key only while it still holds our token, so a
--- holder whose lock expired can never delete the next holder's key. After a
--- delete, tell waiting acquirers (see `src/wake.rs`) on
--- "quorumlock:released:<key>".
--- KEYS[1] = lock key, ARGV[1] = token. Returns 1 when deleted, 0 otherwise.
-if redis.call("GET", KEYS[1]) == ARGV[1] then
-    redis.call("DEL", KEYS[1])
-    redis.call("PUBLISH", "quorumlock:released:" .. KEYS[1], "")
-    return 1
+-- Compare-and-delete of a lock's keys: each is removed only while it still
+-- holds our token, so a holder whose lock expired can never delete the next
+-- holder's key. With ARGV[2] == "1" (a holder's release), each deleted key
+-- is announced to waiters (see `src/wake.rs`); a failed attempt cleaning up
+-- announces nothing, or waiters would storm the nodes on every failure.
+-- KEYS = lock keys, ARGV[1] = token, ARGV[2] = "1" to announce.
+-- Returns 1 when every key was ours and is deleted, 0 otherwise.
+local all = 1
+for _, key in ipairs(KEYS) do
+    if redis.call("GET", key) == ARGV[1] then
+        redis.call("DEL", key)
+        if ARGV[2] == "1" then
+            redis.call("PUBLISH", "quorumlock:released:" .. key, "")
+        end
+    else
+        all = 0
+    end
 end
-return 0
+return all
