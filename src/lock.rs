@@ -37,6 +37,7 @@ struct Shared {
     /// Key prefix + resource, one per resource (all held together).
     keys: Keys,
     token: Arc<str>,
+    fence: Option<u64>,
     status: watch::Sender<Status>,
     /// One extend at a time, whether the holder's or the keep-alive's.
     extending: tokio::sync::Mutex<()>,
@@ -47,16 +48,34 @@ struct Shared {
 
 impl Shared {
     fn resource(&self) -> &str {
-        self.strip(&self.keys[0])
-    }
-
-    /// The resource name in a key: what follows the prefix.
-    fn strip<'a>(&self, key: &'a str) -> &'a str {
-        key.get(self.inner.key_prefix.len()..).unwrap_or_default()
+        self.inner.resource_of(&self.keys[0])
     }
 
     fn status(&self) -> Status {
         *self.status.borrow()
+    }
+
+    /// Marks the lock released (and lost, if `lost`); returns the status it
+    /// had before, so exactly one caller starts the release.
+    fn mark_released(&self, lost: bool) -> Status {
+        let mut before = self.status();
+        self.status.send_modify(|s| {
+            before = *s;
+            s.released = true;
+            s.lost |= lost;
+        });
+        before
+    }
+
+    fn is_held(&self) -> bool {
+        let s = self.status();
+        !s.lost && !s.released && Instant::now() < s.deadline
+    }
+
+    fn remaining(&self) -> Duration {
+        self.status()
+            .deadline
+            .saturating_duration_since(Instant::now())
     }
 
     fn lost_error(&self, votes: usize, quorum: usize) -> Error {
@@ -71,12 +90,7 @@ impl Shared {
     /// keys of ours remain.
     fn lose(&self, votes: usize, quorum: usize) -> Error {
         tracing::warn!(key = &*self.keys[0], votes, quorum, "quorumlock lock lost");
-        let mut release = false;
-        self.status.send_modify(|s| {
-            s.lost = true;
-            release = !std::mem::replace(&mut s.released, true);
-        });
-        if release {
+        if !self.mark_released(true).released {
             Cleanup::release(
                 self.inner.clone(),
                 self.keys.clone(),
@@ -90,7 +104,7 @@ impl Shared {
 
     /// See [`Lock::extend`].
     async fn extend(&self, ttl: Duration) -> Result<(), Error> {
-        let plan = self.inner.plan(self.resource(), ttl)?;
+        let plan = self.inner.plan(ttl)?;
         let quorum = quorum::quorum(self.inner.nodes.len());
         let _one_at_a_time = self.extending.lock().await;
         let start = tokio::time::Instant::now();
@@ -267,7 +281,6 @@ async fn keep_alive(shared: Arc<Shared>, policy: KeepAlive) {
 #[must_use = "dropping a Lock releases it at once"]
 pub struct Lock {
     shared: Arc<Shared>,
-    fence: Option<u64>,
     keeper: Option<KeepAliveTask>,
 }
 
@@ -276,7 +289,7 @@ impl std::fmt::Debug for Lock {
         f.debug_struct("Lock")
             .field("resource", &self.resource())
             .field("token", &self.shared.token)
-            .field("fence", &self.fence)
+            .field("fence", &self.shared.fence)
             .field("status", &self.shared.status())
             .finish_non_exhaustive()
     }
@@ -303,6 +316,7 @@ impl Lock {
             inner,
             keys,
             token,
+            fence,
             status: watch::Sender::new(status),
             extending: tokio::sync::Mutex::new(()),
             runtime: tokio::runtime::Handle::try_current().ok(),
@@ -317,7 +331,6 @@ impl Lock {
         }
         Self {
             shared,
-            fence,
             keeper: None,
         }
     }
@@ -337,7 +350,10 @@ impl Lock {
     /// Every resource this lock holds, in the order they were asked for
     /// (one, unless it came from [`acquire_many`](crate::Redlock::acquire_many)).
     pub fn resources(&self) -> impl Iterator<Item = &str> {
-        self.shared.keys.iter().map(|k| self.shared.strip(k))
+        self.shared
+            .keys
+            .iter()
+            .map(|k| self.shared.inner.resource_of(k))
     }
 
     /// This holder's random token: the value stored under the key.
@@ -348,7 +364,7 @@ impl Lock {
     /// The fencing token, for a lock acquired with fencing: strictly larger
     /// than any earlier holder's of the same resource.
     pub fn fence(&self) -> Option<u64> {
-        self.fence
+        self.shared.fence
     }
 
     /// The TTL of the last successful acquire or extend.
@@ -364,13 +380,12 @@ impl Lock {
 
     /// Time left before [`deadline`](Self::deadline); zero once it passed.
     pub fn remaining(&self) -> Duration {
-        self.deadline().saturating_duration_since(Instant::now())
+        self.shared.remaining()
     }
 
     /// `false` once the deadline has passed, or the lock was lost.
     pub fn is_held(&self) -> bool {
-        let s = self.shared.status();
-        !s.lost && !s.released && Instant::now() < s.deadline
+        self.shared.is_held()
     }
 
     /// A cheap handle to watch this lock from elsewhere (for example from
@@ -378,7 +393,6 @@ impl Lock {
     pub fn guard(&self) -> Guard {
         Guard {
             shared: self.shared.clone(),
-            fence: self.fence,
         }
     }
 
@@ -470,12 +484,7 @@ impl Lock {
     /// ```
     pub async fn release(mut self) -> Result<(), Error> {
         self.keeper = None;
-        let mut was_released = false;
-        let mut was_lost = false;
-        self.shared.status.send_modify(|s| {
-            was_released = std::mem::replace(&mut s.released, true);
-            was_lost = s.lost;
-        });
+        let before = self.shared.mark_released(false);
         let cleanup = self.cleanup();
         // If the caller stops awaiting midway, the guard releases in the
         // background instead.
@@ -490,7 +499,7 @@ impl Lock {
             cleanup.finishing(pending).run(runtime.as_ref());
         }
         let (votes, quorum) = (tally.votes(), tally.quorum());
-        let lost = was_lost || was_released;
+        let lost = before.lost || before.released;
         if !lost && votes >= quorum {
             Ok(())
         } else if !lost && votes + tally.unknown() >= quorum {
@@ -520,11 +529,7 @@ impl Drop for ReleaseGuard {
 impl Drop for Lock {
     fn drop(&mut self) {
         self.keeper = None;
-        let mut first = false;
-        self.shared.status.send_modify(|s| {
-            first = !std::mem::replace(&mut s.released, true);
-        });
-        if first {
+        if !self.shared.mark_released(false).released {
             self.cleanup().run(self.shared.runtime.as_ref());
         }
     }
@@ -536,7 +541,6 @@ impl Drop for Lock {
 #[derive(Clone)]
 pub struct Guard {
     shared: Arc<Shared>,
-    fence: Option<u64>,
 }
 
 impl std::fmt::Debug for Guard {
@@ -556,7 +560,7 @@ impl Guard {
 
     /// The lock's fencing token, if it was acquired with fencing.
     pub fn fence(&self) -> Option<u64> {
-        self.fence
+        self.shared.fence
     }
 
     /// The lock's current deadline (it moves with each extension).
@@ -566,13 +570,12 @@ impl Guard {
 
     /// Time left before the current deadline.
     pub fn remaining(&self) -> Duration {
-        self.deadline().saturating_duration_since(Instant::now())
+        self.shared.remaining()
     }
 
     /// `false` once the lock is lost, released, or past its deadline.
     pub fn is_held(&self) -> bool {
-        let s = self.shared.status();
-        !s.lost && !s.released && Instant::now() < s.deadline
+        self.shared.is_held()
     }
 
     /// As [`Lock::lost`].

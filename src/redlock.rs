@@ -87,6 +87,15 @@ impl Redlock {
         quorum::quorum(self.inner.nodes.len())
     }
 
+    /// The key of `resource`, shared by the lock's calls.
+    fn key_of(&self, resource: &str) -> Arc<str> {
+        if self.inner.key_prefix.is_empty() {
+            Arc::from(resource)
+        } else {
+            Arc::from(self.key(resource))
+        }
+    }
+
     /// The Redis key a resource is stored under: the key prefix followed by
     /// the resource name, unchanged.
     pub fn key(&self, resource: &str) -> String {
@@ -155,12 +164,17 @@ impl Redlock {
     /// As [`acquire_many`](Self::acquire_many), from the single attempt.
     pub async fn try_acquire_many(&self, resources: &[&str], ttl: Duration) -> Result<Lock, Error> {
         let keys = self.keys_for(resources)?;
-        let plan = self.inner.plan(resources[0], ttl)?;
-        attempt(&self.inner, keys, ttl, plan).await
+        attempt(&self.inner, keys, ttl, self.inner.plan(ttl)?).await
     }
 
     /// The keys of `resources`, checked: none empty, none twice.
     fn keys_for(&self, resources: &[&str]) -> Result<Keys, Error> {
+        if let [resource] = resources {
+            if resource.is_empty() {
+                return Err(Error::InvalidInput("resource name is empty"));
+            }
+            return Ok(Arc::from([self.key_of(resource)]));
+        }
         if resources.is_empty() {
             return Err(Error::InvalidInput("no resources were given"));
         }
@@ -169,11 +183,7 @@ impl Redlock {
             if resource.is_empty() {
                 return Err(Error::InvalidInput("resource name is empty"));
             }
-            let key: Arc<str> = if self.inner.key_prefix.is_empty() {
-                Arc::from(*resource)
-            } else {
-                Arc::from(self.key(resource))
-            };
+            let key = self.key_of(resource);
             if keys.contains(&key) {
                 return Err(Error::InvalidInput("a resource is named twice"));
             }
@@ -184,7 +194,7 @@ impl Redlock {
 
     /// The retry loop shared by `acquire` and `acquire_many`.
     async fn acquire_keys(&self, keys: Keys, ttl: Duration) -> Result<Lock, Error> {
-        let plan = self.inner.plan(self.resource_of(&keys[0]), ttl)?;
+        let plan = self.inner.plan(ttl)?;
         let started = Instant::now();
         let policy = &self.inner.retry;
         // Set up once the resource was found held: wakes us on its release.
@@ -234,11 +244,6 @@ impl Redlock {
             }
             attempt_no += 1;
         }
-    }
-
-    /// The resource name in a key.
-    fn resource_of<'a>(&self, key: &'a str) -> &'a str {
-        key.get(self.inner.key_prefix.len()..).unwrap_or_default()
     }
 
     /// Runs `work` while holding `resource`: acquires it (as
@@ -320,13 +325,8 @@ impl Redlock {
     /// # }
     /// ```
     pub async fn try_acquire(&self, resource: &str, ttl: Duration) -> Result<Lock, Error> {
-        let plan = self.inner.plan(resource, ttl)?;
-        let key: Arc<str> = if self.inner.key_prefix.is_empty() {
-            Arc::from(resource)
-        } else {
-            Arc::from(self.key(resource))
-        };
-        attempt(&self.inner, Arc::from([key]), ttl, plan).await
+        let keys = self.keys_for(&[resource])?;
+        attempt(&self.inner, keys, ttl, self.inner.plan(ttl)?).await
     }
 }
 
@@ -340,10 +340,12 @@ pub(crate) struct Plan {
 }
 
 impl Inner {
-    pub(crate) fn plan(&self, resource: &str, ttl: Duration) -> Result<Plan, Error> {
-        if resource.is_empty() {
-            return Err(Error::InvalidInput("resource name is empty"));
-        }
+    /// The resource name in a key: what follows the prefix.
+    pub(crate) fn resource_of<'a>(&self, key: &'a str) -> &'a str {
+        key.get(self.key_prefix.len()..).unwrap_or_default()
+    }
+
+    pub(crate) fn plan(&self, ttl: Duration) -> Result<Plan, Error> {
         if ttl.is_zero() {
             return Err(Error::InvalidInput("TTL is zero"));
         }
@@ -472,7 +474,8 @@ async fn attempt_in_span(
         start + plan.node_deadline,
     )
     .await;
-    // The largest counter among the voters, plus one.
+    // The largest counter among the voters, plus one, made durable on a
+    // quorum before the lock is handed out.
     let fence = match (&fence_keys, &counters, tally.decision()) {
         (Some(fence_keys), Some(counters), Some(Decision::Won)) => {
             let fence = counters
@@ -485,19 +488,16 @@ async fn attempt_in_span(
                 commit_fence(inner, (&keys, fence_keys, &token), fence, ttl, deadline).await;
             if committed < tally.quorum() {
                 // Exclusion is fine, but the token could not be made durable.
-                Cleanup::discard(inner.clone(), keys, token, ttl)
-                    .with_late_sets(in_flight(calls))
-                    .run(None);
-                guard.armed = false;
-                return Err(Error::Unavailable {
+                Err(Error::Unavailable {
                     votes: committed,
                     quorum: tally.quorum(),
                     source: None,
-                });
+                })
+            } else {
+                Ok(Some(fence))
             }
-            Some(fence)
         }
-        _ => None,
+        _ => Ok(None),
     };
     let elapsed = start.elapsed();
     let validity = quorum::validity(ttl, elapsed, plan.drift);
@@ -516,31 +516,30 @@ async fn attempt_in_span(
         "quorumlock acquire attempt"
     );
 
-    if let (Some(Decision::Won), Some(validity)) = (tally.decision(), validity) {
-        // Replies already in need no task to drive them.
-        while let Some(Some(_)) = calls.next().now_or_never() {}
-        // SETs still out are driven by the lock (see `watch_late_sets`).
-        return Ok(Lock::new(
-            inner.clone(),
-            keys,
-            token,
-            ttl,
-            ((start + validity).into_std(), validity),
-            in_flight(calls),
-            fence,
-        ));
-    }
-
+    let error = match (fence, tally.decision(), validity) {
+        (Ok(fence), Some(Decision::Won), Some(validity)) => {
+            // Replies already in need no task to drive them.
+            while let Some(Some(_)) = calls.next().now_or_never() {}
+            // SETs still out are driven by the lock (see `watch_late_sets`).
+            return Ok(Lock::new(
+                inner.clone(),
+                keys,
+                token,
+                ttl,
+                ((start + validity).into_std(), validity),
+                in_flight(calls),
+                fence,
+            ));
+        }
+        (Err(error), _, _) => error,
+        (_, Some(Decision::Won), None) => Error::ValidityExhausted { elapsed, ttl },
+        _ => failure(&tally),
+    };
     // Released in the background: the caller can retry at once.
     Cleanup::discard(inner.clone(), keys, token, ttl)
         .with_late_sets(in_flight(calls))
         .run(None);
-    Err(match validity {
-        None if tally.decision() == Some(Decision::Won) => {
-            Error::ValidityExhausted { elapsed, ttl }
-        }
-        _ => failure(&tally),
-    })
+    Err(error)
 }
 
 /// Writes `fence` back to every node still holding our key; returns once a
