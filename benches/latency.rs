@@ -292,6 +292,64 @@ async fn contended(urls: &[String], run: Duration) -> ((f64, f64), (f64, f64)) {
     (floor, library)
 }
 
+/// Scenarios (4) and (5).
+#[derive(Clone, Copy, PartialEq)]
+enum Fault {
+    Kill,
+    Freeze,
+}
+
+/// Uncontended acquire with node 2 of a fresh trio killed or frozen, against
+/// a floor over the two survivors (same run) and against (1)'s `base`.
+async fn one_node_down(fault: Fault, iterations: usize, base: (f64, f64), table: &mut Table) {
+    let Some(mut cluster) = support::cluster(3) else {
+        return;
+    };
+    let urls = cluster.urls();
+    let lib = library(&urls, RetryPolicy::none()).await;
+    let survivors = Raw::connect(&urls[..2]).await;
+    let name = match fault {
+        Fault::Kill => {
+            cluster.kill(2);
+            "N=3 (4) one node killed"
+        }
+        Fault::Freeze => {
+            cluster.freeze(2);
+            "N=3 (5) one node frozen"
+        }
+    };
+    let (mut v, mut f) = (Vec::new(), Vec::new());
+    for i in 0..iterations {
+        let key = format!("bench:down:{i}");
+        let t = token();
+        let s = Instant::now();
+        assert!(survivors.acquire(&key, &t).await);
+        f.push(s.elapsed());
+        survivors.release(&key, &t).await;
+        let s = Instant::now();
+        let lock = lib.try_acquire(&key, TTL).await.unwrap();
+        v.push(s.elapsed());
+        let _ = lock.release().await;
+    }
+    if fault == Fault::Freeze {
+        cluster.thaw(2);
+    }
+    let ((fp50, fp99), (p50, p99)) = (p50_p99(f), p50_p99(v));
+    for (what, floor, lib) in [
+        ("acquire p50 (vs 2-node floor)", fp50, p50),
+        ("acquire p99 (vs 2-node floor)", fp99, p99),
+        ("acquire p50 (vs (1))", base.0, p50),
+        ("acquire p99 (vs (1))", base.1, p99),
+    ] {
+        table.row(
+            &format!("{name}: {what}"),
+            us(floor),
+            us(lib),
+            format!("{:.2}x", lib / floor),
+        );
+    }
+}
+
 fn us(v: f64) -> String {
     format!("{v:.0} µs")
 }
@@ -373,98 +431,8 @@ async fn main() {
         );
         let base = la;
 
-        if let Some(mut cluster) = support::cluster(3) {
-            let urls = cluster.urls();
-            let lib = library(&urls, RetryPolicy::none()).await;
-            // The floor under the same fault: a quorum of the two survivors.
-            let survivors = Raw::connect(&urls[..2]).await;
-            cluster.kill(2);
-            let (mut v, mut f) = (Vec::new(), Vec::new());
-            for i in 0..iterations {
-                let key = format!("bench:k:{i}");
-                let t = token();
-                let s = Instant::now();
-                assert!(survivors.acquire(&key, &t).await);
-                f.push(s.elapsed());
-                survivors.release(&key, &t).await;
-                let s = Instant::now();
-                let lock = lib.try_acquire(&key, TTL).await.unwrap();
-                v.push(s.elapsed());
-                let _ = lock.release().await;
-            }
-            let (fp50, fp99) = p50_p99(f);
-            let (p50, p99) = p50_p99(v.clone());
-            table.row(
-                "N=3 (4) one node killed: acquire p50 (vs 2-node floor)",
-                us(fp50),
-                us(p50),
-                format!("{:.2}x", p50 / fp50),
-            );
-            table.row(
-                "N=3 (4) one node killed: acquire p99 (vs 2-node floor)",
-                us(fp99),
-                us(p99),
-                format!("{:.2}x", p99 / fp99),
-            );
-            table.row(
-                "N=3 (4) one node killed: acquire p50 (vs (1))",
-                us(base.0),
-                us(p50),
-                format!("{:.2}x", p50 / base.0),
-            );
-            table.row(
-                "N=3 (4) one node killed: acquire p99 (vs (1))",
-                us(base.1),
-                us(p99),
-                format!("{:.2}x", p99 / base.1),
-            );
-        }
-        if let Some(cluster) = support::cluster(3) {
-            let urls = cluster.urls();
-            let lib = library(&urls, RetryPolicy::none()).await;
-            let survivors = Raw::connect(&urls[..2]).await;
-            cluster.freeze(2);
-            let (mut v, mut f) = (Vec::new(), Vec::new());
-            for i in 0..iterations {
-                let key = format!("bench:f:{i}");
-                let t = token();
-                let s = Instant::now();
-                assert!(survivors.acquire(&key, &t).await);
-                f.push(s.elapsed());
-                survivors.release(&key, &t).await;
-                let s = Instant::now();
-                let lock = lib.try_acquire(&key, TTL).await.unwrap();
-                v.push(s.elapsed());
-                let _ = lock.release().await;
-            }
-            cluster.thaw(2);
-            let (fp50, fp99) = p50_p99(f);
-            let (p50, p99) = p50_p99(v);
-            table.row(
-                "N=3 (5) one node frozen: acquire p50 (vs 2-node floor)",
-                us(fp50),
-                us(p50),
-                format!("{:.2}x", p50 / fp50),
-            );
-            table.row(
-                "N=3 (5) one node frozen: acquire p99 (vs 2-node floor)",
-                us(fp99),
-                us(p99),
-                format!("{:.2}x", p99 / fp99),
-            );
-            table.row(
-                "N=3 (5) one node frozen: acquire p50 (vs (1))",
-                us(base.0),
-                us(p50),
-                format!("{:.2}x", p50 / base.0),
-            );
-            table.row(
-                "N=3 (5) one node frozen: acquire p99 (vs (1))",
-                us(base.1),
-                us(p99),
-                format!("{:.2}x", p99 / base.1),
-            );
-        }
+        one_node_down(Fault::Kill, iterations, base, &mut table).await;
+        one_node_down(Fault::Freeze, iterations, base, &mut table).await;
     }
     table.print();
 }

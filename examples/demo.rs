@@ -120,9 +120,7 @@ async fn run(urls: &[String], cluster: Option<&mut support::Cluster>, plan: Plan
     for t in tasks {
         per_worker.push(t.await.expect("worker panicked"));
     }
-    let mut w = windows.lock().unwrap().clone();
-    w.sort();
-    let overlaps = w.windows(2).filter(|p| p[1].0 < p[0].1).count();
+    let overlaps = support::witness::overlaps(&mut windows.lock().unwrap());
     Report {
         per_worker,
         overlaps,

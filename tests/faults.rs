@@ -6,66 +6,14 @@ mod support;
 use std::time::{Duration, Instant};
 
 use quorumlock::{Error, Redlock};
-use support::{eventually, no_key_anywhere, unique, value, Cluster};
-
-async fn manager(cluster: &Cluster) -> Redlock {
-    Redlock::builder()
-        .nodes(cluster.urls())
-        .build()
-        .await
-        .unwrap()
-}
-
-/// How many times `command` ran on the node at `url` (from INFO commandstats).
-async fn calls(url: &str, command: &str) -> u64 {
-    let mut c = support::conn(url).await;
-    let info: String = redis::cmd("INFO")
-        .arg("commandstats")
-        .query_async(&mut c)
-        .await
-        .unwrap();
-    let prefix = format!("cmdstat_{command}:calls=");
-    info.lines()
-        .find_map(|l| l.strip_prefix(&prefix))
-        .and_then(|rest| rest.split(',').next())
-        .map_or(0, |n| n.parse().unwrap())
-}
-
-/// Waits (up to 3 s) until the node at `url` grants its vote in a lock.
-async fn node_votes_again(redlock: &Redlock, url: &str) {
-    eventually(Duration::from_secs(3), "the node votes again", || async {
-        let resource = unique("votes-again");
-        let Ok(lock) = redlock
-            .try_acquire(&resource, Duration::from_secs(10))
-            .await
-        else {
-            return false;
-        };
-        let voted = value(url, &resource).await.as_deref() == Some(lock.token());
-        lock.release().await.unwrap();
-        voted
-    })
-    .await;
-}
-
-async fn set_foreign(url: &str, key: &str) {
-    let mut c = support::conn(url).await;
-    let _: () = redis::cmd("SET")
-        .arg(key)
-        .arg("someone-else")
-        .arg("PX")
-        .arg(30_000)
-        .query_async(&mut c)
-        .await
-        .unwrap();
-}
+use support::{eventually, no_key_anywhere, unique, value};
 
 #[tokio::test]
 async fn one_of_three_killed_still_acquires() {
     let Some(mut cluster) = support::cluster(3) else {
         return;
     };
-    let redlock = manager(&cluster).await;
+    let redlock = support::manager(&cluster.urls()).await;
     cluster.kill(2);
     let resource = unique("one-down");
     let lock = redlock
@@ -87,7 +35,7 @@ async fn two_of_three_killed_is_a_typed_error_and_leaves_no_key() {
     let Some(mut cluster) = support::cluster(3) else {
         return;
     };
-    let redlock = manager(&cluster).await;
+    let redlock = support::manager(&cluster.urls()).await;
     cluster.kill(1);
     cluster.kill(2);
     let resource = unique("two-down");
@@ -111,7 +59,7 @@ async fn two_of_three_killed_is_a_typed_error_and_leaves_no_key() {
         "{err}"
     );
     // The survivor ran our SET; the failed attempt took it back.
-    assert_eq!(calls(&cluster.url(0), "set").await, 1);
+    assert_eq!(support::calls(&cluster.url(0), "set").await, 1);
     no_key_anywhere(&[cluster.url(0)], &resource, Duration::from_secs(1)).await;
 }
 
@@ -120,7 +68,7 @@ async fn a_frozen_node_neither_stalls_acquire_nor_keeps_a_key_after_thaw() {
     let Some(cluster) = support::cluster(3) else {
         return;
     };
-    let redlock = manager(&cluster).await;
+    let redlock = support::manager(&cluster.urls()).await;
     let resource = unique("frozen");
     cluster.freeze(2);
     let start = Instant::now();
@@ -138,7 +86,7 @@ async fn a_frozen_node_neither_stalls_acquire_nor_keeps_a_key_after_thaw() {
     eventually(
         Duration::from_secs(1),
         "the thawed node ran our SET",
-        || async { calls(&cluster.url(2), "set").await == 1 },
+        || async { support::calls(&cluster.url(2), "set").await == 1 },
     )
     .await;
     no_key_anywhere(&cluster.urls(), &resource, Duration::from_secs(1)).await;
@@ -149,7 +97,7 @@ async fn a_restarted_node_votes_again_without_rebuilding_the_manager() {
     let Some(mut cluster) = support::cluster(3) else {
         return;
     };
-    let redlock = manager(&cluster).await;
+    let redlock = support::manager(&cluster.urls()).await;
     cluster.kill(2);
     redlock
         .try_acquire(&unique("while-down"), Duration::from_secs(10))
@@ -159,7 +107,7 @@ async fn a_restarted_node_votes_again_without_rebuilding_the_manager() {
         .await
         .unwrap();
     cluster.restart(2);
-    node_votes_again(&redlock, &cluster.url(2)).await;
+    support::node_votes_again(&redlock, &cluster.url(2), Duration::from_secs(3)).await;
 }
 
 #[tokio::test]
@@ -168,7 +116,7 @@ async fn a_node_down_at_build_time_joins_when_it_starts() {
         return;
     };
     cluster.kill(2);
-    let redlock = manager(&cluster).await;
+    let redlock = support::manager(&cluster.urls()).await;
     let resource = unique("late-node");
     redlock
         .try_acquire(&resource, Duration::from_secs(10))
@@ -178,7 +126,7 @@ async fn a_node_down_at_build_time_joins_when_it_starts() {
         .await
         .unwrap();
     cluster.restart(2);
-    node_votes_again(&redlock, &cluster.url(2)).await;
+    support::node_votes_again(&redlock, &cluster.url(2), Duration::from_secs(3)).await;
 }
 
 #[tokio::test]
@@ -186,10 +134,10 @@ async fn a_refused_attempt_cleans_up_a_set_that_lands_late() {
     let Some(cluster) = support::cluster(3) else {
         return;
     };
-    let redlock = manager(&cluster).await;
+    let redlock = support::manager(&cluster.urls()).await;
     let resource = unique("late-set");
-    set_foreign(&cluster.url(0), &resource).await;
-    set_foreign(&cluster.url(1), &resource).await;
+    support::set_foreign(&cluster.url(0), &resource).await;
+    support::set_foreign(&cluster.url(1), &resource).await;
     cluster.freeze(2);
     let err = redlock
         .try_acquire(&resource, Duration::from_secs(10))
@@ -207,7 +155,7 @@ async fn a_refused_attempt_cleans_up_a_set_that_lands_late() {
     );
     cluster.thaw(2);
     eventually(Duration::from_secs(1), "the late SET ran", || async {
-        calls(&cluster.url(2), "set").await == 1
+        support::calls(&cluster.url(2), "set").await == 1
     })
     .await;
     no_key_anywhere(&[cluster.url(2)], &resource, Duration::from_secs(1)).await;
@@ -223,7 +171,7 @@ async fn an_unavailable_attempt_cleans_up_every_node_including_late_ones() {
     let Some(cluster) = support::cluster(3) else {
         return;
     };
-    let redlock = manager(&cluster).await;
+    let redlock = support::manager(&cluster.urls()).await;
     let resource = unique("late-sets");
     cluster.freeze(1);
     cluster.freeze(2);
@@ -248,7 +196,7 @@ async fn an_unavailable_attempt_cleans_up_every_node_including_late_ones() {
     for i in 1..3 {
         let url = cluster.url(i);
         eventually(Duration::from_secs(1), "the late SET ran", || async {
-            calls(&url, "set").await == 1
+            support::calls(&url, "set").await == 1
         })
         .await;
     }
@@ -275,14 +223,14 @@ async fn a_cancelled_acquire_leaves_no_key() {
     assert!(tokio::time::timeout(Duration::from_millis(100), attempt)
         .await
         .is_err());
-    assert_eq!(calls(&cluster.url(0), "set").await, 1);
+    assert_eq!(support::calls(&cluster.url(0), "set").await, 1);
     no_key_anywhere(&[cluster.url(0)], &resource, Duration::from_secs(1)).await;
     cluster.thaw(1);
     cluster.thaw(2);
     no_key_anywhere(&cluster.urls(), &resource, Duration::from_secs(1)).await;
     for i in 1..3 {
         assert_eq!(
-            calls(&cluster.url(i), "set").await,
+            support::calls(&cluster.url(i), "set").await,
             1,
             "node {i} never saw the SET"
         );

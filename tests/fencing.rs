@@ -7,24 +7,13 @@ mod support;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use quorumlock::{Redlock, RetryPolicy};
+use quorumlock::Redlock;
 use support::unique;
 
 async fn fenced(urls: &[String]) -> Redlock {
-    Redlock::builder()
-        .nodes(urls.iter().map(String::as_str))
+    support::builder(urls)
         .fencing(true)
-        // Waiters are woken by releases; the delay is only the fallback, and
-        // above the node timeout as the README advises (shorter delays let
-        // racing attempts split the votes again and again while a node is
-        // frozen).
-        .retry(
-            RetryPolicy::new()
-                .attempts(u32::MAX)
-                .delay(Duration::from_millis(50))
-                .jitter(Duration::from_millis(50))
-                .max_wait(Some(Duration::from_secs(30))),
-        )
+        .retry(support::patient())
         .build()
         .await
         .unwrap()
@@ -185,11 +174,7 @@ async fn without_fencing_there_is_no_fence() {
     let Some((urls, _cluster)) = support::nodes(1) else {
         return;
     };
-    let redlock = Redlock::builder()
-        .nodes(urls.iter().map(String::as_str))
-        .build()
-        .await
-        .unwrap();
+    let redlock = support::manager(&urls).await;
     let lock = redlock
         .try_acquire(&unique("plain"), Duration::from_secs(1))
         .await

@@ -6,23 +6,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use quorumlock::{Error, KeepAlive, Redlock};
+use quorumlock::{Error, KeepAlive};
 use support::{eventually, no_key_anywhere, unique, Cluster};
-
-async fn manager(urls: &[String]) -> Redlock {
-    Redlock::builder()
-        .nodes(urls.iter().map(String::as_str))
-        .build()
-        .await
-        .unwrap()
-}
 
 #[tokio::test]
 async fn keep_alive_holds_a_lock_for_10x_its_ttl() {
     let Some((urls, _cluster)) = support::nodes(3) else {
         return;
     };
-    let redlock = manager(&urls).await;
+    let redlock = support::manager(&urls).await;
     let resource = unique("kept");
     let ttl = Duration::from_millis(300);
     let mut lock = redlock.try_acquire(&resource, ttl).await.unwrap();
@@ -74,25 +66,36 @@ async fn dropping_a_kept_lock_stops_extension_and_releases() {
     let Some((urls, _cluster)) = support::nodes(3) else {
         return;
     };
-    let redlock = manager(&urls).await;
+    let redlock = support::manager(&urls).await;
     let resource = unique("kept-dropped");
     let ttl = Duration::from_millis(300);
     let mut lock = redlock.try_acquire(&resource, ttl).await.unwrap();
     lock.keep_alive(KeepAlive::new());
-    let token = lock.token().to_string();
     drop(lock);
     no_key_anywhere(&urls, &resource, Duration::from_secs(1)).await;
-    // A new holder keeps the key for 10 s; a surviving keep-alive task of the
-    // old lock would find a foreign token, but must not be running at all.
+    // Every delete has run. From here a keep-alive task still working would
+    // send an extend (EVALSHA) to each node every ~200 ms.
+    let scripts_before = match &_cluster {
+        Some(cluster) => Some(support::calls(&cluster.url(0), "evalsha").await),
+        None => None, // shared external nodes: other tests run scripts too
+    };
     let next = redlock
         .try_acquire(&resource, Duration::from_secs(10))
         .await
         .unwrap();
     tokio::time::sleep(ttl * 2).await;
+    if let (Some(cluster), Some(before)) = (&_cluster, scripts_before) {
+        let after = support::calls(&cluster.url(0), "evalsha").await;
+        assert_eq!(
+            after, before,
+            "scripts ran on a node after the kept lock was dropped"
+        );
+    }
     for url in &urls {
-        let v = support::value(url, &resource).await;
-        assert_eq!(v.as_deref(), Some(next.token()));
-        assert_ne!(v.as_deref(), Some(token.as_str()));
+        assert_eq!(
+            support::value(url, &resource).await.as_deref(),
+            Some(next.token())
+        );
     }
     next.release().await.unwrap();
 }
@@ -113,7 +116,7 @@ async fn lost_fires_no_later_than_the_deadline_when_extension_fails() {
     let Some(cluster) = support::cluster(3) else {
         return;
     };
-    let redlock = manager(&cluster.urls()).await;
+    let redlock = support::manager(&cluster.urls()).await;
     let resource = unique("lost");
     let mut lock = redlock
         .try_acquire(&resource, Duration::from_millis(600))
@@ -146,7 +149,7 @@ async fn max_hold_stops_extension_and_the_lock_runs_out() {
     let Some((urls, _cluster)) = support::nodes(3) else {
         return;
     };
-    let redlock = manager(&urls).await;
+    let redlock = support::manager(&urls).await;
     let resource = unique("max-hold");
     let ttl = Duration::from_millis(300);
     let mut lock = redlock.try_acquire(&resource, ttl).await.unwrap();
@@ -173,7 +176,7 @@ async fn with_lock_returns_the_work_and_releases_afterwards() {
     let Some((urls, _cluster)) = support::nodes(3) else {
         return;
     };
-    let redlock = manager(&urls).await;
+    let redlock = support::manager(&urls).await;
     let resource = unique("with-lock");
     let r = resource.clone();
     let urls2 = urls.clone();
@@ -196,7 +199,7 @@ async fn with_lock_cancels_the_work_when_the_lock_is_lost() {
     let Some(cluster) = support::cluster(3) else {
         return;
     };
-    let redlock = manager(&cluster.urls()).await;
+    let redlock = support::manager(&cluster.urls()).await;
     let resource = unique("with-lock-lost");
     let finished = Arc::new(AtomicBool::new(false));
     let f = finished.clone();
@@ -228,7 +231,7 @@ async fn with_lock_releases_when_the_work_panics() {
     let Some((urls, _cluster)) = support::nodes(3) else {
         return;
     };
-    let redlock = manager(&urls).await;
+    let redlock = support::manager(&urls).await;
     let resource = unique("with-lock-panic");
     let (r, res) = (redlock.clone(), resource.clone());
     let join = tokio::spawn(async move {
@@ -246,7 +249,7 @@ async fn a_guard_tells_the_work_that_the_lock_was_lost() {
     let Some(cluster) = support::cluster(3) else {
         return;
     };
-    let redlock = manager(&cluster.urls()).await;
+    let redlock = support::manager(&cluster.urls()).await;
     let resource = unique("guard");
     let lock = redlock
         .try_acquire(&resource, Duration::from_millis(400))

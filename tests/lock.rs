@@ -11,14 +11,6 @@ use std::time::{Duration, Instant};
 use quorumlock::{Error, Redlock, RetryPolicy};
 use support::{eventually, no_key_anywhere, unique, value};
 
-async fn manager(urls: &[String]) -> Redlock {
-    Redlock::builder()
-        .nodes(urls.iter().map(String::as_str))
-        .build()
-        .await
-        .unwrap()
-}
-
 /// Witness: `[acquired, min(release, deadline)]` windows of one resource.
 #[derive(Default)]
 struct Witness {
@@ -28,9 +20,7 @@ struct Witness {
 
 impl Witness {
     fn overlaps(&self) -> usize {
-        let mut w = self.windows.lock().unwrap().clone();
-        w.sort();
-        w.windows(2).filter(|p| p[1].0 < p[0].1).count()
+        support::witness::overlaps(&mut self.windows.lock().unwrap())
     }
 }
 
@@ -88,7 +78,7 @@ async fn contended_resource_reports_votes_and_quorum() {
     let Some((urls, _cluster)) = support::nodes(3) else {
         return;
     };
-    let redlock = manager(&urls).await;
+    let redlock = support::manager(&urls).await;
     let resource = unique("contended");
     let held = redlock
         .try_acquire(&resource, Duration::from_secs(5))
@@ -134,21 +124,7 @@ async fn the_token_is_stored_under_the_documented_key() {
     assert_eq!(lock.key(), format!("redlock:{resource}"));
     assert_eq!(lock.resource(), resource);
     assert_eq!(lock.token().len(), 32);
-    // A quorum has it at once; the last node's SET may land a moment later.
-    let key = format!("redlock:{resource}");
-    eventually(
-        Duration::from_secs(1),
-        "every node holds the key",
-        || async {
-            for url in &urls {
-                if value(url, &key).await.as_deref() != Some(lock.token()) {
-                    return false;
-                }
-            }
-            true
-        },
-    )
-    .await;
+    support::every_node_holds(&urls, &format!("redlock:{resource}"), lock.token()).await;
     for url in &urls {
         assert_eq!(value(url, &resource).await, None);
     }
@@ -160,7 +136,7 @@ async fn an_unreleased_lock_becomes_free_after_its_ttl() {
     let Some((urls, _cluster)) = support::nodes(3) else {
         return;
     };
-    let redlock = manager(&urls).await;
+    let redlock = support::manager(&urls).await;
     let resource = unique("expires");
     let ttl = Duration::from_millis(300);
     let lock = redlock.try_acquire(&resource, ttl).await.unwrap();
@@ -187,7 +163,7 @@ async fn extend_keeps_the_lock_held_past_its_first_ttl() {
     let Some((urls, _cluster)) = support::nodes(3) else {
         return;
     };
-    let redlock = manager(&urls).await;
+    let redlock = support::manager(&urls).await;
     let resource = unique("extend");
     let ttl = Duration::from_millis(400);
     let mut lock = redlock.try_acquire(&resource, ttl).await.unwrap();
@@ -213,7 +189,7 @@ async fn extend_after_expiry_is_lost_and_does_not_reacquire() {
     let Some((urls, _cluster)) = support::nodes(3) else {
         return;
     };
-    let redlock = manager(&urls).await;
+    let redlock = support::manager(&urls).await;
     let resource = unique("extend-expired");
     let mut lock = redlock
         .try_acquire(&resource, Duration::from_millis(200))
@@ -241,7 +217,7 @@ async fn extend_after_a_takeover_is_lost_and_leaves_the_new_owner_alone() {
     let Some((urls, _cluster)) = support::nodes(3) else {
         return;
     };
-    let redlock = manager(&urls).await;
+    let redlock = support::manager(&urls).await;
     let resource = unique("takeover");
     let mut stale = redlock
         .try_acquire(&resource, Duration::from_secs(10))
@@ -288,7 +264,7 @@ async fn a_stale_holders_release_never_deletes_the_current_holders_key() {
     let Some((urls, _cluster)) = support::nodes(3) else {
         return;
     };
-    let redlock = manager(&urls).await;
+    let redlock = support::manager(&urls).await;
     let resource = unique("stale-release");
     let stale = redlock
         .try_acquire(&resource, Duration::from_millis(150))
@@ -314,7 +290,7 @@ async fn one_node_is_the_single_instance_lock() {
     let Some((urls, _cluster)) = support::nodes(1) else {
         return;
     };
-    let redlock = manager(&urls).await;
+    let redlock = support::manager(&urls).await;
     assert_eq!((redlock.node_count(), redlock.quorum()), (1, 1));
     let resource = unique("single");
     let lock = redlock
@@ -345,20 +321,12 @@ async fn five_nodes_need_three_votes() {
     let Some((urls, _cluster)) = support::nodes(5) else {
         return;
     };
-    let redlock = manager(&urls).await;
+    let redlock = support::manager(&urls).await;
     assert_eq!(redlock.quorum(), 3);
     let resource = unique("five");
     // Someone else holds the key on two nodes: three remain, still a quorum.
     for url in &urls[..2] {
-        let mut c = support::conn(url).await;
-        let _: () = redis::cmd("SET")
-            .arg(&resource)
-            .arg("other")
-            .arg("PX")
-            .arg(10_000)
-            .query_async(&mut c)
-            .await
-            .unwrap();
+        support::set_foreign(url, &resource).await;
     }
     let lock = redlock
         .try_acquire(&resource, Duration::from_secs(5))
@@ -367,15 +335,7 @@ async fn five_nodes_need_three_votes() {
     // On a third node, it is no longer possible.
     let lock_key = lock.key().to_string();
     lock.release().await.unwrap();
-    let mut c = support::conn(&urls[2]).await;
-    let _: () = redis::cmd("SET")
-        .arg(&lock_key)
-        .arg("other")
-        .arg("PX")
-        .arg(10_000)
-        .query_async(&mut c)
-        .await
-        .unwrap();
+    support::set_foreign(&urls[2], &lock_key).await;
     let err = redlock
         .try_acquire(&resource, Duration::from_secs(5))
         .await
@@ -393,7 +353,10 @@ async fn five_nodes_need_three_votes() {
     );
     // The failed attempt cleaned up its own votes and left the others' keys.
     no_key_anywhere(&urls[3..], &resource, Duration::from_secs(1)).await;
-    assert_eq!(value(&urls[0], &resource).await.as_deref(), Some("other"));
+    assert_eq!(
+        value(&urls[0], &resource).await.as_deref(),
+        Some("someone-else")
+    );
 }
 
 #[tokio::test]
@@ -401,7 +364,7 @@ async fn a_dropped_lock_is_released_within_a_second() {
     let Some((urls, _cluster)) = support::nodes(3) else {
         return;
     };
-    let redlock = manager(&urls).await;
+    let redlock = support::manager(&urls).await;
     let resource = unique("dropped");
     {
         let _lock = redlock
@@ -424,7 +387,7 @@ async fn a_panicking_holder_releases_its_lock() {
     let Some((urls, _cluster)) = support::nodes(3) else {
         return;
     };
-    let redlock = manager(&urls).await;
+    let redlock = support::manager(&urls).await;
     let resource = unique("panic");
     let (r, res) = (redlock.clone(), resource.clone());
     let join = tokio::spawn(async move {
@@ -503,7 +466,7 @@ async fn an_error_reply_counts_as_no_vote_and_is_reported() {
         return;
     };
     let mut c = support::conn(&urls[0]).await;
-    let redlock = manager(&urls).await;
+    let redlock = support::manager(&urls).await;
     let resource = unique("wrongtype");
     let lock = redlock
         .try_acquire(&resource, Duration::from_secs(5))
@@ -540,7 +503,7 @@ async fn a_lock_dropped_outside_the_runtime_is_still_released() {
     let Some((urls, _cluster)) = support::nodes(3) else {
         return;
     };
-    let redlock = manager(&urls).await;
+    let redlock = support::manager(&urls).await;
     let resource = unique("dropped-elsewhere");
     let lock = redlock
         .try_acquire(&resource, Duration::from_secs(30))
@@ -555,7 +518,7 @@ async fn a_release_whose_caller_gives_up_still_completes() {
     let Some((urls, _cluster)) = support::nodes(3) else {
         return;
     };
-    let redlock = manager(&urls).await;
+    let redlock = support::manager(&urls).await;
     let resource = unique("release-cancelled");
     let lock = redlock
         .try_acquire(&resource, Duration::from_secs(30))
@@ -571,7 +534,7 @@ async fn a_waiter_is_woken_by_the_release_not_by_its_retry_delay() {
     let Some((urls, _cluster)) = support::nodes(3) else {
         return;
     };
-    let holder = manager(&urls).await;
+    let holder = support::manager(&urls).await;
     let waiter = Redlock::builder()
         .nodes(urls.iter().map(String::as_str))
         .retry(

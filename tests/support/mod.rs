@@ -310,3 +310,90 @@ pub async fn key_count(url: &str) -> usize {
     let mut c = conn(url).await;
     redis::cmd("DBSIZE").query_async(&mut c).await.unwrap()
 }
+
+/// A builder over `urls`, for tests that change a setting.
+pub fn builder(urls: &[String]) -> quorumlock::Builder {
+    quorumlock::Redlock::builder().nodes(urls.iter().map(String::as_str))
+}
+
+/// A manager with default settings over `urls`.
+pub async fn manager(urls: &[String]) -> quorumlock::Redlock {
+    builder(urls).build().await.unwrap()
+}
+
+/// Waits (up to `limit`) until the node at `url` grants its vote in a lock
+/// of `redlock` (after a restart, a heal, a late start).
+pub async fn node_votes_again(redlock: &quorumlock::Redlock, url: &str, limit: Duration) {
+    eventually(limit, "the node votes again", || async {
+        let resource = unique("votes-again");
+        let Ok(lock) = redlock
+            .try_acquire(&resource, Duration::from_secs(10))
+            .await
+        else {
+            return false;
+        };
+        let voted = value(url, &resource).await.as_deref() == Some(lock.token());
+        lock.release().await.unwrap();
+        voted
+    })
+    .await;
+}
+
+/// A retry policy for tests whose clients contend for long: retry until
+/// 30 s have passed, 50–100 ms apart. The delay is above the 50 ms node
+/// timeout, as the README advises: shorter ones let racing attempts split
+/// the votes again and again while a node is frozen. (Waiters are woken by
+/// releases anyway; the delay is only the fallback.)
+pub fn patient() -> quorumlock::RetryPolicy {
+    quorumlock::RetryPolicy::new()
+        .attempts(u32::MAX)
+        .delay(Duration::from_millis(50))
+        .jitter(Duration::from_millis(50))
+        .max_wait(Some(Duration::from_secs(30)))
+}
+
+/// Puts another owner's value under `key` on the node at `url` for 30 s.
+pub async fn set_foreign(url: &str, key: &str) {
+    let mut c = conn(url).await;
+    let _: () = redis::cmd("SET")
+        .arg(key)
+        .arg("someone-else")
+        .arg("PX")
+        .arg(30_000)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+}
+
+/// How many times `command` ran on the node at `url` (INFO commandstats).
+pub async fn calls(url: &str, command: &str) -> u64 {
+    let mut c = conn(url).await;
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let prefix = format!("cmdstat_{command}:calls=");
+    info.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .and_then(|rest| rest.split(',').next())
+        .map_or(0, |n| n.parse().unwrap())
+}
+
+/// Waits until every node in `urls` holds `token` under `key` (a quorum has
+/// it when the acquire returns; the last node's SET may land a moment later).
+pub async fn every_node_holds(urls: &[String], key: &str, token: &str) {
+    eventually(
+        Duration::from_secs(1),
+        &format!("every node holds {key}"),
+        || async {
+            for url in urls {
+                if value(url, key).await.as_deref() != Some(token) {
+                    return false;
+                }
+            }
+            true
+        },
+    )
+    .await;
+}

@@ -193,28 +193,10 @@ fn judge(mut record: Record, start: Instant, end: Instant, elapsed: Duration) ->
         ..Report::default()
     };
     for windows in record.windows.values_mut() {
-        windows.sort();
         report.acquisitions += windows.len();
-        let mut covered_until = start;
-        for &(from, until) in windows.iter() {
-            if from < covered_until {
-                report.violations += 1;
-                if std::env::var_os("WITNESS_DEBUG").is_some() {
-                    eprintln!(
-                        "violation: window {:?}..{:?} starts before {:?}",
-                        from - start,
-                        until - start,
-                        covered_until - start
-                    );
-                }
-            } else {
-                report.longest_gap = report.longest_gap.max(from - covered_until);
-            }
-            covered_until = covered_until.max(until);
-        }
-        report.longest_gap = report
-            .longest_gap
-            .max(end.saturating_duration_since(covered_until));
+        let (violations, gap) = scan(windows, start, end);
+        report.violations += violations;
+        report.longest_gap = report.longest_gap.max(gap);
     }
     if record.windows.is_empty() {
         report.longest_gap = elapsed;
@@ -232,4 +214,44 @@ fn judge(mut record: Record, start: Instant, end: Instant, elapsed: Duration) ->
     report.latency_p99 = pick(0.99);
     report.max_latency = record.latencies.last().copied().unwrap_or_default();
     report
+}
+
+/// Holders' windows `[from, until]` of one resource that start before an
+/// earlier window (in start order) has ended: safety violations. Sorts
+/// `windows`.
+pub fn overlaps(windows: &mut [(Instant, Instant)]) -> usize {
+    let start = windows
+        .iter()
+        .map(|w| w.0)
+        .min()
+        .unwrap_or_else(Instant::now);
+    scan(windows, start, start).0
+}
+
+/// Sorts `windows` and returns (violations, longest stretch without a
+/// holder between `start` and `end`).
+fn scan(windows: &mut [(Instant, Instant)], start: Instant, end: Instant) -> (usize, Duration) {
+    windows.sort();
+    let (mut violations, mut gap) = (0, Duration::ZERO);
+    let mut covered_until = start;
+    for &(from, until) in windows.iter() {
+        if from < covered_until {
+            violations += 1;
+            if std::env::var_os("WITNESS_DEBUG").is_some() {
+                eprintln!(
+                    "violation: window {:?}..{:?} starts before {:?}",
+                    from - start,
+                    until - start,
+                    covered_until - start
+                );
+            }
+        } else {
+            gap = gap.max(from - covered_until);
+        }
+        covered_until = covered_until.max(until);
+    }
+    (
+        violations,
+        gap.max(end.saturating_duration_since(covered_until)),
+    )
 }
