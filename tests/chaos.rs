@@ -234,34 +234,26 @@ async fn one_node_blackholed_then_hard_blackholed() {
     let baseline = witness::run(&net.urls(), &load).await;
     assert_safe("baseline (proxied)", &baseline);
 
-    // Soft: open connections are cut, and new ones are held unanswered.
-    net.proxies[2].blackhole();
-    net.proxies[2].reset();
-    let report = witness::run(&net.urls(), &load).await;
-    assert_safe("one node blackholed", &report);
-    assert!(report.max_latency < Duration::from_secs(1), "{report}");
-    assert!(report.acquisitions > 50, "{report}");
-    net.proxies[2].heal();
-    support::node_votes_again(
-        &support::manager(&net.urls()).await,
-        &net.cluster.url(2),
-        load.ttl,
-    )
-    .await;
-
-    // Hard: connections already open stall too.
-    net.proxies[2].hard_blackhole();
-    let report = witness::run(&net.urls(), &load).await;
-    assert_safe("one node hard-blackholed", &report);
-    assert!(report.max_latency < Duration::from_secs(1), "{report}");
-    assert!(report.acquisitions > 50, "{report}");
-    net.proxies[2].heal();
-    support::node_votes_again(
-        &support::manager(&net.urls()).await,
-        &net.cluster.url(2),
-        load.ttl,
-    )
-    .await;
+    let soft: fn(&Proxy) = |p| {
+        // Open connections are cut, and new ones are held unanswered.
+        p.blackhole();
+        p.reset();
+    };
+    // Connections already open stall too.
+    let hard: fn(&Proxy) = Proxy::hard_blackhole;
+    for (scenario, fault) in [
+        ("one node blackholed", soft),
+        ("one node hard-blackholed", hard),
+    ] {
+        fault(&net.proxies[2]);
+        let report = witness::run(&net.urls(), &load).await;
+        assert_safe(scenario, &report);
+        assert!(report.max_latency < Duration::from_secs(1), "{report}");
+        assert!(report.acquisitions > 50, "{report}");
+        net.proxies[2].heal();
+        let redlock = support::manager(&net.urls()).await;
+        support::node_votes_again(&redlock, &net.cluster.url(2), load.ttl).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
