@@ -7,10 +7,23 @@ use std::time::Duration;
 use futures::stream::{FuturesUnordered, StreamExt};
 use redis::{ConnectionInfo, IntoConnectionInfo, RedisError};
 
+use crate::error::FailureKind;
+use crate::link::{Link, Servers};
 use crate::node::{Node, Scripts};
-use crate::redlock::{Inner, Redlock};
+use crate::quorum::{Reply, MAX_NODES};
+use crate::redlock::{require_runtime, Inner, Redlock};
 use crate::wake::Wakeups;
 use crate::Error;
+
+/// The floor of the health limit: a call unanswered this long, with no
+/// reply on its connection since, gets the connection replaced.
+const HEALTH_FLOOR: Duration = Duration::from_millis(500);
+
+/// How long a connection may go without any reply while a call waits on
+/// it, before it is replaced: ten node timeouts, at least 500 ms.
+pub(crate) fn health_limit(node_timeout: Duration) -> Duration {
+    node_timeout.saturating_mul(10).max(HEALTH_FLOOR)
+}
 
 /// How [`Redlock::acquire`] retries a failed attempt. Each retry is a whole
 /// new attempt with a new token and a new start time.
@@ -135,6 +148,10 @@ impl Builder {
     ///
     /// Use an odd number: an even number adds no fault tolerance over one
     /// node fewer (4 nodes need 3 votes and survive one failure, like 3).
+    /// Each entry must be its own server: two entries with one address, or
+    /// that turn out to reach one server (the same `run_id`), are refused
+    /// by [`build`](Self::build) with [`Error::SameServer`]; found out only
+    /// later, the second one gets no vote. At most 64 nodes.
     pub fn nodes<I>(mut self, nodes: I) -> Self
     where
         I: IntoIterator,
@@ -155,7 +172,10 @@ impl Builder {
 
     /// How long one attempt waits for any node's reply before counting it as
     /// unknown. It is clamped to a tenth of each lock's TTL, and a TTL must be
-    /// longer than this plus the drift allowance. Default: 50 ms.
+    /// longer than this plus the drift allowance. It also sets the health
+    /// limit of each node's connection: a call unanswered for ten node
+    /// timeouts (at least 500 ms), with no other reply on that connection
+    /// meanwhile, gets the connection replaced by a fresh one. Default: 50 ms.
     pub fn node_timeout(mut self, timeout: Duration) -> Self {
         self.node_timeout = timeout;
         self
@@ -204,14 +224,35 @@ impl Builder {
     /// Checks the settings and opens a connection to each node, returning as
     /// soon as a quorum answered (at most the connect timeout). A node that
     /// is down does not fail the build: it counts as unknown until it answers.
+    /// Each node is asked who it is (`INFO server`): two entries that reach
+    /// one server are refused.
     ///
     /// # Errors
-    /// [`Error::Config`] for an empty node list, a zero node timeout or a
-    /// drift factor outside `0.0..1.0`; [`Error::InvalidNode`] for an
-    /// address that cannot be parsed.
+    /// [`Error::Config`] for an empty node list, more than 64 nodes, a zero
+    /// node or connect timeout or a drift factor outside `0.0..1.0`;
+    /// [`Error::InvalidNode`] for an address that cannot be parsed;
+    /// [`Error::SameServer`] for two entries that are one server;
+    /// [`Error::NoRuntime`] outside a tokio runtime.
+    ///
+    /// # Example
+    /// ```no_run
+    /// # async fn demo() -> Result<(), quorumlock::Error> {
+    /// use std::time::Duration;
+    /// let redlock = quorumlock::Redlock::builder()
+    ///     .nodes(["redis://10.0.0.1:6379", "redis://10.0.0.2:6379", "redis://10.0.0.3:6379"])
+    ///     .node_timeout(Duration::from_millis(20))
+    ///     .key_prefix("locks:")
+    ///     .build()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn build(self) -> Result<Redlock, Error> {
+        require_runtime()?;
         if self.nodes.is_empty() {
             return Err(Error::Config("no Redis nodes were given"));
+        }
+        if self.nodes.len() > MAX_NODES {
+            return Err(Error::Config("more than 64 nodes were given"));
         }
         if self.node_timeout.is_zero() {
             return Err(Error::Config("node timeout must be more than zero"));
@@ -222,19 +263,41 @@ impl Builder {
         if !(0.0..1.0).contains(&self.drift_factor) {
             return Err(Error::Config("drift factor must be in 0.0..1.0"));
         }
-        let mut nodes = Vec::with_capacity(self.nodes.len());
-        let mut clients = Vec::with_capacity(self.nodes.len());
+        let count = self.nodes.len();
+        let servers = Arc::new(Servers::new(count));
+        let mut addresses: Vec<String> = Vec::with_capacity(count);
+        let mut nodes = Vec::with_capacity(count);
+        let mut clients = Vec::with_capacity(count);
         for (index, info) in self.nodes.into_iter().enumerate() {
-            let node = info
-                .and_then(|info| {
-                    clients.push(redis::Client::open(info.clone())?);
-                    Node::new(info, self.connect_timeout)
-                })
-                .map_err(|source| Error::InvalidNode { index, source })?;
-            nodes.push(node);
+            let info = info.map_err(|source| Error::InvalidNode { index, source })?;
+            let address = info.addr().to_string().to_ascii_lowercase();
+            if let Some(first) = addresses.iter().position(|a| *a == address) {
+                return Err(Error::SameServer {
+                    first,
+                    second: index,
+                    how: "same address",
+                });
+            }
+            addresses.push(address);
+            let client =
+                redis::Client::open(info).map_err(|source| Error::InvalidNode { index, source })?;
+            clients.push(client.clone());
+            nodes.push(Node::new(Link::new(
+                index,
+                client,
+                self.connect_timeout,
+                health_limit(self.node_timeout),
+                servers.clone(),
+            )));
         }
         let nodes: Arc<[Node]> = nodes.into();
-        warm_up(&nodes, self.connect_timeout).await;
+        if let Some((second, first)) = warm_up(&nodes, self.connect_timeout).await {
+            return Err(Error::SameServer {
+                first,
+                second,
+                how: "same run_id",
+            });
+        }
         Ok(Redlock::from_inner(Arc::new(Inner {
             nodes,
             scripts: Scripts::new(),
@@ -244,37 +307,70 @@ impl Builder {
             drift_floor: self.drift_floor,
             key_prefix: self.key_prefix,
             fencing: self.fencing,
-            wakeups: Arc::new(Wakeups::new(clients, self.connect_timeout)),
+            wakeups: Arc::new(Wakeups::new(
+                clients,
+                self.connect_timeout,
+                health_limit(self.node_timeout),
+            )),
         })))
     }
 }
 
-/// Opens connections until a quorum answers PING, every node has been tried,
-/// or `limit` passes. The other connections go on opening in the background:
-/// a lazily created connection is only driven while someone waits on it, and
-/// a lock's `SET` to that node would otherwise wait for the next call.
-async fn warm_up(nodes: &Arc<[Node]>, limit: Duration) {
+/// How long `build` waits for the nodes beyond a quorum.
+const GRACE: Duration = Duration::from_millis(200);
+
+/// Opens connections until a quorum answers, every node has been tried, or
+/// `limit` passes. The other connections go on opening in the background.
+/// Returns `(node, other)` when a node turned out to be the same server as
+/// another.
+async fn warm_up(nodes: &Arc<[Node]>, limit: Duration) -> Option<(usize, usize)> {
     let quorum = crate::quorum::quorum(nodes.len());
     let mut pings: FuturesUnordered<_> = (0..nodes.len())
         .map(|i| {
             let nodes = nodes.clone();
-            async move { nodes[i].warm_up().await }
+            async move { (i, nodes[i].warm_up().await) }
         })
         .collect();
+    let mut same = None;
+    let mut up = 0;
     let _ = tokio::time::timeout(limit, async {
-        let mut up = 0;
-        while let Some(ok) = pings.next().await {
-            up += usize::from(ok);
-            if up >= quorum {
-                break;
-            }
+        while up < quorum && same.is_none() {
+            let Some(result) = pings.next().await else {
+                return;
+            };
+            note(result, &mut up, &mut same);
         }
     })
     .await;
-    if !pings.is_empty() {
+    // The rest get a moment more, so that an entry that is the same server
+    // as another is refused here rather than found out later.
+    let _ = tokio::time::timeout(GRACE.min(limit), async {
+        while same.is_none() {
+            let Some(result) = pings.next().await else {
+                return;
+            };
+            note(result, &mut up, &mut same);
+        }
+    })
+    .await;
+    if same.is_none() && !pings.is_empty() {
         tokio::spawn(async move {
             let _ =
                 tokio::time::timeout(limit, async { while pings.next().await.is_some() {} }).await;
         });
+    }
+    same
+}
+
+/// Counts a warm-up result: a node up, or one that is another's server.
+fn note(
+    (node, result): (usize, Result<(), Reply>),
+    up: &mut usize,
+    same: &mut Option<(usize, usize)>,
+) {
+    match result {
+        Ok(()) => *up += 1,
+        Err(Reply::Fail(FailureKind::SameServer(other), _)) => *same = Some((node, other)),
+        Err(_) => {}
     }
 }

@@ -90,7 +90,7 @@ impl Cleanup {
         drain(&mut self.pending, |_| {});
         let redelete = &mut self.redelete;
         drain(&mut self.late_sets, |(i, reply)| {
-            if may_have_landed(&reply) {
+            if reply.may_have_landed() {
                 redelete.push(i);
             }
         });
@@ -124,7 +124,7 @@ impl Cleanup {
             let late = async {
                 if let Some(sets) = self.late_sets.as_mut() {
                     while let Some((i, reply)) = sets.next().await {
-                        if may_have_landed(&reply) {
+                        if reply.may_have_landed() {
                             inner.nodes[i]
                                 .release(&inner.scripts, &keys, &token, false)
                                 .await;
@@ -137,12 +137,6 @@ impl Cleanup {
         // After a TTL every key of ours has expired anyway.
         let _ = tokio::time::timeout(ttl, work).await;
     }
-}
-
-/// A refusal or an error reply means our `SET` did not land; anything else
-/// (yes, or no answer) means it may have.
-pub(crate) fn may_have_landed(reply: &Reply) -> bool {
-    matches!(reply, Reply::Yes | Reply::Unknown(_))
 }
 
 /// Boxes the calls still running, if any.

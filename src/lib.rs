@@ -39,10 +39,12 @@
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
+mod backoff;
 mod builder;
 mod cleanup;
 mod error;
 mod fanout;
+mod link;
 mod lock;
 mod node;
 mod quorum;
@@ -50,6 +52,6 @@ mod redlock;
 mod wake;
 
 pub use builder::{Builder, RetryPolicy};
-pub use error::Error;
+pub use error::{Error, FailureKind, LossCause, NodeFailure};
 pub use lock::{Guard, KeepAlive, Lock};
 pub use redlock::Redlock;

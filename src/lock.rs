@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use tokio::sync::watch;
 
-use crate::cleanup::{in_flight, may_have_landed, Cleanup, InFlight};
+use crate::cleanup::{in_flight, Cleanup, InFlight};
+use crate::error::LossCause;
 use crate::quorum::{self, Decision, Tally};
 use crate::redlock::{Inner, Keys};
 use crate::Error;
@@ -29,6 +30,8 @@ struct Status {
     ttl: Duration,
     lost: bool,
     released: bool,
+    /// Why it was lost, once it was.
+    cause: Option<LossCause>,
 }
 
 /// State shared by a lock, its guards and its keep-alive task.
@@ -55,14 +58,17 @@ impl Shared {
         *self.status.borrow()
     }
 
-    /// Marks the lock released (and lost, if `lost`); returns the status it
-    /// had before, so exactly one caller starts the release.
-    fn mark_released(&self, lost: bool) -> Status {
+    /// Marks the lock released (and lost with `cause`, if given); returns
+    /// the status it had before, so exactly one caller starts the release.
+    fn mark_released(&self, cause: Option<LossCause>) -> Status {
         let mut before = self.status();
         self.status.send_modify(|s| {
             before = *s;
             s.released = true;
-            s.lost |= lost;
+            if cause.is_some() && !s.lost {
+                s.lost = true;
+                s.cause = cause;
+            }
         });
         before
     }
@@ -78,19 +84,37 @@ impl Shared {
             .saturating_duration_since(Instant::now())
     }
 
-    fn lost_error(&self, votes: usize, quorum: usize) -> Error {
+    fn lost_error(
+        &self,
+        votes: usize,
+        cause: LossCause,
+        source: Option<redis::RedisError>,
+    ) -> Error {
         Error::Lost {
             resource: self.resource().to_string(),
             votes,
-            quorum,
+            quorum: quorum::quorum(self.inner.nodes.len()),
+            cause,
+            source,
         }
+    }
+
+    /// Why the lock is not held any more, as an error.
+    fn loss(&self) -> Error {
+        let s = self.status();
+        let cause = match s.cause {
+            Some(cause) => cause,
+            None if s.released => LossCause::AlreadyGone,
+            None => LossCause::Expired,
+        };
+        self.lost_error(0, cause, None)
     }
 
     /// Marks the lock lost and, unless that happened already, removes what
     /// keys of ours remain.
-    fn lose(&self, votes: usize, quorum: usize) -> Error {
-        tracing::warn!(key = &*self.keys[0], votes, quorum, "quorumlock lock lost");
-        if !self.mark_released(true).released {
+    fn lose(&self, votes: usize, cause: LossCause, source: Option<redis::RedisError>) -> Error {
+        tracing::warn!(key = &*self.keys[0], votes, %cause, "quorumlock lock lost");
+        if !self.mark_released(Some(cause)).released {
             Cleanup::release(
                 self.inner.clone(),
                 self.keys.clone(),
@@ -99,18 +123,21 @@ impl Shared {
             )
             .run(self.runtime.as_ref());
         }
-        self.lost_error(votes, quorum)
+        self.lost_error(votes, cause, source)
     }
 
-    /// See [`Lock::extend`].
-    async fn extend(&self, ttl: Duration) -> Result<(), Error> {
+    /// See [`Lock::extend`]; `wait` (default: the node deadline) is how long
+    /// to wait for a quorum of replies, never past the current deadline.
+    async fn extend(&self, ttl: Duration, wait: Option<Duration>) -> Result<(), Error> {
         let plan = self.inner.plan(ttl)?;
-        let quorum = quorum::quorum(self.inner.nodes.len());
         let _one_at_a_time = self.extending.lock().await;
         let start = tokio::time::Instant::now();
         let current = self.status();
-        if current.lost || current.released || start.into_std() >= current.deadline {
-            return Err(self.lose(0, quorum));
+        if current.lost || current.released {
+            return Err(self.loss());
+        }
+        if start.into_std() >= current.deadline {
+            return Err(self.lose(0, LossCause::Expired, None));
         }
         let mut calls = self.inner.fan_out(|inner, i| {
             let (key, token) = (self.keys.clone(), self.token.clone());
@@ -122,19 +149,20 @@ impl Shared {
             }
         });
         let mut tally = Tally::new(self.inner.nodes.len());
+        let wait = wait.unwrap_or(plan.node_deadline);
         let deadline =
-            (start + plan.node_deadline).min(tokio::time::Instant::from_std(current.deadline));
-        quorum::gather(&mut (&mut calls).map(|(_, r)| r), &mut tally, deadline).await;
+            quorum::deadline_in(wait).min(tokio::time::Instant::from_std(current.deadline));
+        quorum::gather(&mut calls, &mut tally, deadline, wait).await;
         Cleanup::release(
             self.inner.clone(),
             self.keys.clone(),
             self.token.clone(),
-            ttl,
+            plan.ttl,
         )
         .finishing(in_flight(calls))
         .run(self.runtime.as_ref());
 
-        let validity = quorum::validity(ttl, start.elapsed(), plan.drift);
+        let validity = quorum::validity(plan.ttl, start.elapsed(), plan.drift);
         let in_time = Instant::now() < current.deadline;
         match (tally.decision(), validity) {
             (Some(Decision::Won), Some(validity)) if in_time => {
@@ -147,11 +175,21 @@ impl Shared {
                 self.status.send_modify(|s| {
                     s.deadline = (start + validity).into_std();
                     s.validity = validity;
-                    s.ttl = ttl;
+                    s.ttl = plan.ttl;
                 });
                 Ok(())
             }
-            _ => Err(self.lose(tally.votes(), quorum)),
+            _ if tally.held_elsewhere() => {
+                let source = tally.failures().iter().find_map(|f| f.error().cloned());
+                Err(self.lose(tally.votes(), LossCause::NotOurs, source))
+            }
+            _ if !in_time => {
+                let source = tally.failures().iter().find_map(|f| f.error().cloned());
+                Err(self.lose(tally.votes(), LossCause::Expired, source))
+            }
+            // Not confirmed, not refused: the lock stays ours until its
+            // current deadline, and the caller may try again.
+            _ => Err(tally.error()),
         }
     }
 
@@ -197,16 +235,26 @@ impl KeepAlive {
     }
 
     /// Extend when this share of the validity is left (clamped to
-    /// `0.05..=0.95`). Default: 1/3.
+    /// `0.05..=0.95`; NaN is read as the default). Default: 1/3.
+    ///
+    /// ```
+    /// let policy = quorumlock::KeepAlive::new().when_left(0.5);
+    /// # let _ = policy;
+    /// ```
     #[must_use]
     pub fn when_left(mut self, share: f64) -> Self {
-        self.share_left = share.clamp(0.05, 0.95);
+        self.share_left = if share.is_nan() {
+            Self::default().share_left
+        } else {
+            share.clamp(0.05, 0.95)
+        };
         self
     }
 
     /// Stop extending once the lock has been held this long (counted from
     /// `keep_alive`); the lock then runs out at its deadline, and the lost
-    /// signal fires. Default: none.
+    /// signal fires. A limit too large for the clock means none. Default:
+    /// none.
     #[must_use]
     pub fn max_hold(mut self, limit: Option<Duration>) -> Self {
         self.max_hold = limit;
@@ -222,7 +270,7 @@ async fn watch_late_sets(shared: Arc<Shared>, mut sets: InFlight) {
     let ttl = shared.status().ttl;
     let work = async {
         while let Some((i, reply)) = sets.next().await {
-            if may_have_landed(&reply) && shared.status().released {
+            if reply.may_have_landed() && shared.status().released {
                 let inner = &shared.inner;
                 inner.nodes[i]
                     .release(&inner.scripts, &shared.keys, &shared.token, false)
@@ -243,27 +291,60 @@ impl Drop for KeepAliveTask {
     }
 }
 
+/// Extends the lock each time the policy's share of the validity is left.
+/// An extension that is not confirmed (nodes slow, unreachable, refusing)
+/// is tried again at once, each time waiting twice as long for replies,
+/// while the current deadline allows: ownership is certain until then, so
+/// giving up earlier would drop a lock that is still ours. Only an answer
+/// that our key is gone ends it early; otherwise `lost()` fires at the
+/// deadline.
 async fn keep_alive(shared: Arc<Shared>, policy: KeepAlive) {
-    let stop_at = policy.max_hold.map(|d| Instant::now() + d);
+    let stop_at = policy.max_hold.and_then(|d| Instant::now().checked_add(d));
     let mut status = shared.status.subscribe();
+    // Unconfirmed extensions in a row, and when to try the next one.
+    let mut retries: u32 = 0;
+    let mut retry_at: Option<Instant> = None;
     loop {
         let s = *status.borrow_and_update();
         if s.lost || s.released {
             return;
         }
-        let due = s
-            .deadline
-            .checked_sub(s.validity.mul_f64(policy.share_left))
-            .unwrap_or(s.deadline);
+        let due = retry_at.unwrap_or_else(|| {
+            s.deadline
+                .checked_sub(s.validity.mul_f64(policy.share_left))
+                .unwrap_or(s.deadline)
+        });
         if stop_at.is_some_and(|stop| due >= stop) {
             return;
         }
         tokio::select! {
             // A manual extend moved the deadline: plan again.
-            changed = status.changed() => if changed.is_err() { return },
+            changed = status.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                retries = 0;
+                retry_at = None;
+            }
             () = tokio::time::sleep_until(due.into()) => {
-                if shared.extend(s.ttl).await.is_err() {
-                    return; // lost: `extend` marked it and released
+                let Ok(plan) = shared.inner.plan(s.ttl) else { return };
+                let wait = plan.node_deadline.saturating_mul(1u32 << retries.min(16));
+                let left = s.deadline.saturating_duration_since(Instant::now());
+                if left <= LOST_MARGIN {
+                    return; // too late to confirm anything: `lost()` fires
+                }
+                match shared.extend(s.ttl, Some(wait.min(left - LOST_MARGIN))).await {
+                    Ok(()) => {
+                        retries = 0;
+                        retry_at = None;
+                    }
+                    Err(e) if e.is_lost() || e.is_invalid() && !e.is_refused() => return,
+                    Err(e) => {
+                        tracing::debug!(error = %e, retries, "quorumlock extension not confirmed; trying again");
+                        retries += 1;
+                        // A pause, so nodes that fail fast are not hammered.
+                        retry_at = Some(Instant::now() + plan.node_deadline.min(left / 4));
+                    }
                 }
             }
         }
@@ -311,6 +392,7 @@ impl Lock {
             ttl,
             lost: false,
             released: false,
+            cause: None,
         };
         let shared = Shared {
             inner,
@@ -435,11 +517,16 @@ impl Lock {
     /// deadline counts from the start of this call.
     ///
     /// # Errors
-    /// [`Error::Lost`] when ownership cannot be confirmed: the deadline had
-    /// passed, another owner or no key was found, or too few nodes answered.
-    /// The lock is then released and never re-acquired silently; every later
-    /// `extend` fails the same way. [`Error::InvalidInput`] for an unusable
-    /// TTL (the lock is untouched).
+    /// [`Error::Lost`] when ownership is gone: the deadline had passed, or
+    /// enough nodes answered that our key is gone or another's. The lock is
+    /// then released and never re-acquired silently; every later `extend`
+    /// fails the same way. [`Error::Unavailable`], [`Error::Refused`] or
+    /// [`Error::Redis`] when too few nodes confirmed in time for another
+    /// reason: the lock stays ours until its current
+    /// [`deadline`](Self::deadline) and `extend` may be tried again (the
+    /// keep-alive task does so). [`Error::InvalidInput`] for an unusable TTL,
+    /// and [`Error::NoRuntime`] outside tokio without a runtime to hand the
+    /// call to; the lock is then untouched.
     ///
     /// # Example
     /// ```no_run
@@ -451,7 +538,11 @@ impl Lock {
     /// # Ok(()) }
     /// ```
     pub async fn extend(&mut self, ttl: Duration) -> Result<(), Error> {
-        self.shared.extend(ttl).await
+        let shared = self.shared.clone();
+        on_runtime(&self.shared.runtime, async move {
+            shared.extend(ttl, None).await
+        })
+        .await
     }
 
     /// What releasing this lock involves.
@@ -469,10 +560,13 @@ impl Lock {
     /// atomic compare-and-delete, sent to all nodes at once).
     ///
     /// # Errors
-    /// [`Error::Lost`] when fewer than a quorum of nodes still held our key
-    /// (it expired, or the lock was lost earlier); [`Error::Unavailable`] when
-    /// too few nodes answered to tell. Either way nothing of ours outlives
-    /// the TTL, and neither is worth more than a log line.
+    /// [`Error::Lost`] when enough nodes answered that our key was gone
+    /// already (it expired, or the lock was lost earlier): nothing of ours
+    /// remains there. [`Error::Unavailable`] when too few nodes answered to
+    /// tell, and [`Error::Refused`] or [`Error::Redis`] when nodes could not
+    /// run the compare-and-delete (a permission, a renamed command): keys of
+    /// ours may then stay on those nodes until the TTL, and the error's
+    /// [`failures`](Error::failures) say where and why.
     ///
     /// # Example
     /// ```no_run
@@ -482,9 +576,14 @@ impl Lock {
     /// }
     /// # }
     /// ```
-    pub async fn release(mut self) -> Result<(), Error> {
+    pub async fn release(self) -> Result<(), Error> {
+        let runtime = self.shared.runtime.clone();
+        on_runtime(&runtime, self.release_here()).await
+    }
+
+    async fn release_here(mut self) -> Result<(), Error> {
         self.keeper = None;
-        let before = self.shared.mark_released(false);
+        let before = self.shared.mark_released(None);
         let cleanup = self.cleanup();
         // If the caller stops awaiting midway, the guard releases in the
         // background instead.
@@ -498,19 +597,38 @@ impl Lock {
         if let Some(cleanup) = guard.0.take() {
             cleanup.finishing(pending).run(runtime.as_ref());
         }
-        let (votes, quorum) = (tally.votes(), tally.quorum());
-        let lost = before.lost || before.released;
-        if !lost && votes >= quorum {
+        if before.lost || before.released {
+            Err(self.shared.loss())
+        } else if tally.votes() >= tally.quorum() {
             Ok(())
-        } else if !lost && votes + tally.unknown() >= quorum {
-            Err(Error::Unavailable {
-                votes,
-                quorum,
-                source: tally.transport_error().cloned(),
-            })
+        } else if tally.held_elsewhere() {
+            let source = tally.failures().iter().find_map(|f| f.error().cloned());
+            Err(self
+                .shared
+                .lost_error(tally.votes(), LossCause::NotOurs, source))
         } else {
-            Err(self.shared.lost_error(votes, quorum))
+            Err(tally.error())
         }
+    }
+
+    /// Why the lock is gone, for `with_lock`.
+    pub(crate) fn loss(&self) -> Error {
+        self.shared.loss()
+    }
+}
+
+/// Runs `work` here inside a tokio runtime; polled elsewhere (another
+/// executor), hands it to the lock's runtime and waits for it there.
+async fn on_runtime<T: Send + 'static>(
+    runtime: &Option<tokio::runtime::Handle>,
+    work: impl std::future::Future<Output = Result<T, Error>> + Send + 'static,
+) -> Result<T, Error> {
+    if tokio::runtime::Handle::try_current().is_ok() {
+        return work.await;
+    }
+    match runtime {
+        Some(runtime) => runtime.spawn(work).await.unwrap_or(Err(Error::NoRuntime)),
+        None => Err(Error::NoRuntime),
     }
 }
 
@@ -529,7 +647,7 @@ impl Drop for ReleaseGuard {
 impl Drop for Lock {
     fn drop(&mut self) {
         self.keeper = None;
-        if !self.shared.mark_released(false).released {
+        if !self.shared.mark_released(None).released {
             self.cleanup().run(self.shared.runtime.as_ref());
         }
     }

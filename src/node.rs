@@ -1,14 +1,17 @@
-//! One Redis node: its self-healing connection and the three calls a lock
-//! makes on it. Every call returns a [`Reply`] instead of an error, because a
-//! node that fails is a missing vote, not a reason to stop the attempt.
+//! One Redis node: the calls a lock makes on it, over its self-healing
+//! [`Link`]. Every call returns a [`Reply`] instead of an error, because a
+//! node that fails is a missing vote, not a reason to stop the attempt; the
+//! reply says why it failed ([`FailureKind`]), so errors a retry cannot fix
+//! are told apart from passing ones.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{ConnectionInfo, ErrorKind, RedisError, Script, ScriptInvocation, Value};
+use redis::{
+    ErrorKind, FromRedisValue, RedisError, Script, ScriptInvocation, ServerErrorKind, Value,
+};
 
+use crate::error::FailureKind;
+use crate::link::{Call, Link};
 use crate::quorum::Reply;
 
 /// The Lua scripts, hashed once per manager and sent by EVALSHA (falling
@@ -46,72 +49,28 @@ fn invocation<'a>(
     call
 }
 
-/// A connection to one node. `ConnectionManager` is a cheap clone around a
-/// multiplexed connection that reconnects by itself, so no lock guards it.
+/// A connection to one node. Cheap to share: the link is a handle.
 pub(crate) struct Node {
-    conn: ConnectionManager,
-    /// While the node refuses connections (it is down), calls are not even
-    /// tried until this time (milliseconds on `clock()`): each try would
-    /// cost a connect attempt on the hot path.
-    resting_until: AtomicU64,
-}
-
-/// How long a node that refused a connection is left alone.
-const REST: Duration = Duration::from_millis(100);
-
-/// Milliseconds on a process-wide monotonic clock.
-fn clock() -> u64 {
-    static EPOCH: OnceLock<Instant> = OnceLock::new();
-    u64::try_from(EPOCH.get_or_init(Instant::now).elapsed().as_millis()).unwrap_or(u64::MAX)
+    link: Arc<Link>,
 }
 
 impl Node {
-    /// Creates the connection lazily: a node that is down at start-up counts
-    /// as unknown until it comes back, and does not fail the build.
-    pub(crate) fn new(info: ConnectionInfo, connect_timeout: Duration) -> Result<Self, RedisError> {
-        let client = redis::Client::open(info)?;
-        let config = ConnectionManagerConfig::new()
-            // Deadlines belong to the lock algorithm, not to the transport:
-            // a reply that arrives late must still be seen so its key can be
-            // cleaned up.
-            .set_response_timeout(None)
-            .set_connection_timeout(Some(connect_timeout))
-            // Fail a connection attempt at once and try again on the next
-            // call, instead of queueing calls behind a backoff loop.
-            .set_number_of_retries(0);
-        let conn = ConnectionManager::new_lazy_with_config(client, config)?;
-        Ok(Self {
-            conn,
-            resting_until: AtomicU64::new(0),
-        })
-    }
-
-    fn resting(&self) -> bool {
-        clock() < self.resting_until.load(Ordering::Relaxed)
-    }
-
-    /// Notes a refused connection: the node is down, leave it alone a while.
-    fn observe(&self, reply: Reply) -> Reply {
-        if let Reply::Failed(e) | Reply::Unknown(Some(e)) = &reply {
-            tracing::trace!(error = %e, "quorumlock node call failed");
+    /// The connection opens on first use (or in [`warm_up`](Self::warm_up)):
+    /// a node that is down at start-up counts as unknown until it comes back.
+    pub(crate) fn new(link: Link) -> Self {
+        Self {
+            link: Arc::new(link),
         }
-        if let Reply::Unknown(Some(e)) = &reply {
-            if e.is_connection_refusal() {
-                let until = clock().saturating_add(REST.as_millis() as u64);
-                self.resting_until.store(until, Ordering::Relaxed);
-            }
-        }
-        reply
     }
 
-    /// Opens the connection now, so the first lock does not pay for it;
-    /// `true` if the node answered.
-    pub(crate) async fn warm_up(&self) -> bool {
-        let mut conn = self.conn.clone();
-        redis::cmd("PING")
-            .query_async::<Value>(&mut conn)
-            .await
-            .is_ok()
+    /// Opens the connection now, so the first lock does not pay for it; the
+    /// node's failure, if it has one.
+    pub(crate) async fn warm_up(&self) -> Result<(), Reply> {
+        let call = self.begin().await?;
+        let result = redis::cmd("PING")
+            .query_async::<Value>(&mut call.mux())
+            .await;
+        self.end(call, result).map(drop)
     }
 
     /// `SET key token NX PX ttl_ms` for a single key; several keys are set
@@ -125,18 +84,15 @@ impl Node {
         token: &str,
         ttl_ms: u64,
     ) -> Reply {
-        if self.resting() {
-            return Reply::Unknown(None);
-        }
         let mut call = invocation(&scripts.acquire, keys);
         call.arg(token).arg(ttl_ms);
         if let [key] = keys {
             match self.set_nx_px(key, token, ttl_ms).await {
-                Reply::Unknown(Some(e)) if dropped(&e) => {}
-                reply => return self.observe(reply),
+                Reply::Fail(_, Some(e)) if dropped(&e) => {}
+                reply => return reply,
             }
         }
-        self.repeatable(&call).await
+        self.repeatable(&call, |n| n == 1).await
     }
 
     /// As `acquire`, reading the keys' fencing counters (`fence_keys`) in
@@ -153,7 +109,7 @@ impl Node {
         call.arg(token).arg(ttl_ms).arg(keys.len());
         let mut counter = None;
         let reply = self
-            .repeatable_with(&call, |n| {
+            .repeatable(&call, |n| {
                 counter = u64::try_from(n).ok();
                 counter.is_some()
             })
@@ -172,24 +128,30 @@ impl Node {
     ) -> Reply {
         let mut call = invocation(&scripts.fence_commit, keys.iter().chain(fence_keys));
         call.arg(token).arg(fence).arg(keys.len());
-        self.repeatable(&call).await
+        self.repeatable(&call, |n| n == 1).await
     }
 
+    /// On Redis 7 and later `SET .. NX GET`, so that a key of another type
+    /// is reported (`WRONGTYPE`) instead of looking held.
     async fn set_nx_px(&self, key: &str, token: &str, ttl_ms: u64) -> Reply {
-        let mut conn = self.conn.clone();
-        let reply = redis::cmd("SET")
-            .arg(key)
-            .arg(token)
-            .arg("NX")
-            .arg("PX")
-            .arg(ttl_ms)
-            .query_async::<Value>(&mut conn)
-            .await;
-        match reply {
-            Ok(Value::Okay) => Reply::Yes,
+        let call = match self.begin().await {
+            Ok(call) => call,
+            Err(reply) => return reply,
+        };
+        let nx_get = call.conn().nx_get;
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(key).arg(token).arg("NX").arg("PX").arg(ttl_ms);
+        if nx_get {
+            cmd.arg("GET");
+        }
+        let result = cmd.query_async::<Value>(&mut call.mux()).await;
+        match self.end(call, result) {
+            Ok(Value::Okay) if !nx_get => Reply::Yes,
+            Ok(Value::Nil) if nx_get => Reply::Yes,
             Ok(Value::Nil) => Reply::No,
-            Ok(other) => Reply::Failed(unexpected(other)),
-            Err(e) => classify(e),
+            Ok(Value::BulkString(_) | Value::SimpleString(_)) if nx_get => Reply::No,
+            Ok(other) => Reply::Fail(FailureKind::Other, Some(unexpected(other))),
+            Err(reply) => reply,
         }
     }
 
@@ -205,7 +167,7 @@ impl Node {
     ) -> Reply {
         let mut call = invocation(&scripts.release, keys);
         call.arg(token).arg(if announce { "1" } else { "0" });
-        self.repeatable(&call).await
+        self.repeatable(&call, |n| n == 1).await
     }
 
     /// Compare-and-expire: `Yes` when our keys now live `ttl_ms` more.
@@ -218,59 +180,110 @@ impl Node {
     ) -> Reply {
         let mut call = invocation(&scripts.extend, keys);
         call.arg(token).arg(ttl_ms);
-        self.repeatable(&call).await
+        self.repeatable(&call, |n| n == 1).await
     }
 
     /// Runs a script that is safe to repeat, once more on a fresh connection
     /// if the first one dropped under it: a reset connection must not leave a
-    /// key behind for a whole TTL.
-    async fn repeatable(&self, call: &ScriptInvocation<'_>) -> Reply {
-        self.repeatable_with(call, |n| n == 1).await
-    }
-
-    /// As `repeatable`, with `yes` deciding which script result is a yes.
-    async fn repeatable_with(
+    /// key behind for a whole TTL. `yes` decides which result is a yes.
+    async fn repeatable(
         &self,
-        call: &ScriptInvocation<'_>,
+        invocation: &ScriptInvocation<'_>,
         mut yes: impl FnMut(i64) -> bool,
     ) -> Reply {
-        if self.resting() {
-            return Reply::Unknown(None);
-        }
-        let mut reply = Reply::Unknown(None);
+        let mut reply = Reply::Fail(FailureKind::Unreachable, None);
         for _ in 0..2 {
-            let mut conn = self.conn.clone();
-            reply = match call.invoke_async::<i64>(&mut conn).await {
+            let call = match self.begin().await {
+                Ok(call) => call,
+                Err(reply) => return reply,
+            };
+            let result = invocation.invoke_async::<i64>(&mut call.mux()).await;
+            reply = match self.end(call, result) {
                 Ok(n) if yes(n) => Reply::Yes,
                 Ok(_) => Reply::No,
-                Err(e) => classify(e),
+                Err(reply) => reply,
             };
             match &reply {
-                Reply::Unknown(Some(e)) if dropped(e) => continue,
+                Reply::Fail(_, Some(e)) if dropped(e) => continue,
                 _ => break,
             }
         }
-        self.observe(reply)
+        reply
+    }
+
+    /// A connection for one call, or the reason there is none.
+    async fn begin(&self) -> Result<Call, Reply> {
+        let call = self.link.call().await.map_err(fail)?;
+        match call.conn().same_as {
+            Some(other) => Err(Reply::Fail(FailureKind::SameServer(other), None)),
+            None => Ok(call),
+        }
+    }
+
+    /// Reads a call's outcome; a connection that broke under it is replaced.
+    fn end<T: FromRedisValue>(
+        &self,
+        call: Call,
+        result: Result<T, RedisError>,
+    ) -> Result<T, Reply> {
+        match result {
+            Ok(value) => {
+                call.answered(&self.link);
+                Ok(value)
+            }
+            Err(e) => {
+                if dropped(&e) || e.is_io_error() {
+                    self.link.broken(&call);
+                } else {
+                    call.answered(&self.link);
+                }
+                Err(fail(e))
+            }
+        }
     }
 }
 
-/// The connection broke under the call; the manager is reconnecting.
+fn fail(e: RedisError) -> Reply {
+    let kind = classify(&e);
+    if !kind.is_silent() {
+        tracing::debug!(error = %e, %kind, "quorumlock node refused a call");
+    } else {
+        tracing::trace!(error = %e, "quorumlock node call failed");
+    }
+    Reply::Fail(kind, Some(e))
+}
+
+/// The connection broke under the call.
 fn dropped(e: &RedisError) -> bool {
     e.is_connection_dropped() || e.is_unrecoverable_error()
 }
 
-/// A node we could not reach (refused, dropped, timed out) leaves the outcome
-/// unknown; an error the node answered with is a refusal we report.
-fn classify(e: RedisError) -> Reply {
+/// Why a call failed, as far as the lock is concerned.
+pub(crate) fn classify(e: &RedisError) -> FailureKind {
+    match e.kind() {
+        ErrorKind::AuthenticationFailed => return FailureKind::Auth,
+        ErrorKind::Server(ServerErrorKind::NoPerm) => return FailureKind::Permission,
+        ErrorKind::Server(ServerErrorKind::ReadOnly) => return FailureKind::ReadOnly,
+        ErrorKind::Server(ServerErrorKind::CrossSlot) => return FailureKind::CrossSlot,
+        _ => {}
+    }
+    match e.code() {
+        Some("NOAUTH" | "WRONGPASS") => return FailureKind::Auth,
+        Some("WRONGTYPE") => return FailureKind::WrongType,
+        Some("ERR") if e.detail().is_some_and(|d| d.contains("unknown command")) => {
+            return FailureKind::Command
+        }
+        _ => {}
+    }
     let unreachable = e.is_io_error()
         || e.is_connection_dropped()
         || e.is_connection_refusal()
         || e.is_timeout()
         || e.is_unrecoverable_error();
     if unreachable {
-        Reply::Unknown(Some(e))
+        FailureKind::Unreachable
     } else {
-        Reply::Failed(e)
+        FailureKind::Other
     }
 }
 

@@ -11,6 +11,9 @@ use std::time::Duration;
 use futures::{Stream, StreamExt};
 use tokio::time::Instant;
 
+use crate::error::{FailureKind, NodeFailure};
+use crate::Error;
+
 /// Votes needed out of `nodes`: a strict majority. Nothing may lower it.
 pub(crate) const fn quorum(nodes: usize) -> usize {
     nodes / 2 + 1
@@ -36,10 +39,19 @@ pub(crate) enum Reply {
     Yes,
     /// The node answered and refused: the key is someone else's (or absent).
     No,
-    /// The node answered with an error: not a vote, but reported.
-    Failed(redis::RedisError),
-    /// The node did not answer in time or could not be reached.
-    Unknown(Option<redis::RedisError>),
+    /// No vote: the node could not be reached, or answered with an error.
+    Fail(FailureKind, Option<redis::RedisError>),
+}
+
+impl Reply {
+    /// Our write may have reached the node: it said yes, or we never heard.
+    pub(crate) fn may_have_landed(&self) -> bool {
+        match self {
+            Reply::Yes => true,
+            Reply::No => false,
+            Reply::Fail(kind, _) => kind.is_silent(),
+        }
+    }
 }
 
 /// Whether a quorum was reached, as soon as that is certain.
@@ -49,6 +61,9 @@ pub(crate) enum Decision {
     Lost,
 }
 
+/// Most nodes a manager may have: each fan-out tracks them in one `u64`.
+pub(crate) const MAX_NODES: usize = 64;
+
 /// Running count of replies for one fan-out to `nodes` nodes.
 #[derive(Debug, Clone)]
 pub(crate) struct Tally {
@@ -56,12 +71,10 @@ pub(crate) struct Tally {
     quorum: usize,
     yes: usize,
     no: usize,
-    failed: usize,
-    unknown: usize,
-    /// Last error a node answered with (a server error reply).
-    answered_error: Option<redis::RedisError>,
-    /// Last error from a node that could not be reached.
-    transport_error: Option<redis::RedisError>,
+    /// Bit `i` is set once node `i` replied (or was given up on).
+    heard: u64,
+    /// The nodes that did not vote, in the order they failed.
+    failures: Vec<NodeFailure>,
 }
 
 impl Tally {
@@ -71,37 +84,36 @@ impl Tally {
             quorum: quorum(nodes),
             yes: 0,
             no: 0,
-            failed: 0,
-            unknown: 0,
-            answered_error: None,
-            transport_error: None,
+            heard: 0,
+            failures: Vec::new(),
         }
     }
 
-    pub(crate) fn record(&mut self, reply: Reply) {
+    pub(crate) fn record(&mut self, node: usize, reply: Reply) {
+        let bit = 1u64.checked_shl(node as u32).unwrap_or(0);
+        if self.heard & bit != 0 {
+            return;
+        }
+        self.heard |= bit;
         match reply {
             Reply::Yes => self.yes += 1,
             Reply::No => self.no += 1,
-            Reply::Failed(e) => {
-                self.failed += 1;
-                self.answered_error = Some(e);
-            }
-            Reply::Unknown(e) => {
-                self.unknown += 1;
-                if e.is_some() {
-                    self.transport_error = e;
-                }
+            Reply::Fail(kind, error) => self.failures.push(NodeFailure::new(node, kind, error)),
+        }
+    }
+
+    /// Counts every node that has not answered yet as timed out after
+    /// `waited`.
+    pub(crate) fn close(&mut self, waited: Duration) {
+        for node in 0..self.nodes {
+            if self.heard & (1u64 << node) == 0 {
+                self.record(node, Reply::Fail(FailureKind::TimedOut(waited), None));
             }
         }
     }
 
-    /// Counts every node that has not answered yet as unknown (deadline hit).
-    pub(crate) fn close(&mut self) {
-        self.unknown += self.pending();
-    }
-
     pub(crate) fn pending(&self) -> usize {
-        self.nodes - self.yes - self.no - self.failed - self.unknown
+        self.nodes - self.yes - self.no - self.failures.len()
     }
 
     /// `Some` once the outcome cannot change any more.
@@ -130,26 +142,96 @@ impl Tally {
 
     /// Nodes that did not answer in time, or could not be reached.
     pub(crate) fn unknown(&self) -> usize {
-        self.unknown
+        self.failures
+            .iter()
+            .filter(|f| f.kind().is_silent())
+            .count()
     }
 
-    /// The last error a node answered with, if any did.
-    pub(crate) fn answered_error(&self) -> Option<&redis::RedisError> {
-        self.answered_error.as_ref()
+    /// Nodes that refused for a reason a retry cannot fix.
+    fn permanent(&self) -> usize {
+        self.failures
+            .iter()
+            .filter(|f| f.kind().is_permanent())
+            .count()
     }
 
-    /// The last error reaching a node, if there was one.
-    pub(crate) fn transport_error(&self) -> Option<&redis::RedisError> {
-        self.transport_error.as_ref()
+    /// "No" answers alone made a quorum impossible: others hold the key.
+    pub(crate) fn held_elsewhere(&self) -> bool {
+        self.nodes - self.no < self.quorum
+    }
+
+    /// Refusals a retry cannot fix, with the "no" answers, made a quorum
+    /// impossible: retrying is pointless until an operator acts.
+    pub(crate) fn refused_for_good(&self) -> bool {
+        let permanent = self.permanent();
+        permanent > 0 && self.nodes - self.no - permanent < self.quorum
+    }
+
+    pub(crate) fn failures(&self) -> &[NodeFailure] {
+        &self.failures
+    }
+
+    /// The error for a vote that did not reach quorum: someone else holds
+    /// it, nodes refused it for good, answered with a passing error, or
+    /// were not heard from, in that order of blame.
+    pub(crate) fn error(&self) -> Error {
+        let (votes, quorum) = (self.yes, self.quorum);
+        let failures = self.failures.clone();
+        let first = |pick: fn(FailureKind) -> bool| {
+            self.failures
+                .iter()
+                .filter(|f| pick(f.kind()))
+                .find_map(|f| f.error().cloned())
+        };
+        if self.held_elsewhere() {
+            Error::Contended { votes, quorum }
+        } else if self.refused_for_good() {
+            let source = first(FailureKind::is_permanent);
+            Error::Refused {
+                votes,
+                quorum,
+                failures,
+                source,
+            }
+        } else if self.nodes - self.no - self.failures.len() + self.unknown() < quorum {
+            let source = first(|k| k == FailureKind::Other);
+            Error::Redis {
+                votes,
+                quorum,
+                failures,
+                source,
+            }
+        } else {
+            let source = first(|_| true);
+            Error::Unavailable {
+                votes,
+                quorum,
+                failures,
+                source,
+            }
+        }
     }
 }
 
+/// `now + after`, or a far future instant where that would overflow.
+pub(crate) fn deadline_in(after: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(after)
+        .unwrap_or_else(|| now + Duration::from_secs(86_400 * 365 * 30))
+}
+
 /// Feeds replies into `tally` until the decision is certain, the stream
-/// ends, or `deadline` passes; then counts the silent nodes as unknown.
+/// ends, or `deadline` passes; then counts the silent nodes as timed out
+/// after `waited` (the limit the deadline stands for, for the report).
 /// Replies not yet read stay in `replies` for the caller to finish.
-pub(crate) async fn gather<S>(replies: &mut S, tally: &mut Tally, deadline: Instant)
-where
-    S: Stream<Item = Reply> + Unpin,
+pub(crate) async fn gather<S>(
+    replies: &mut S,
+    tally: &mut Tally,
+    deadline: Instant,
+    waited: Duration,
+) where
+    S: Stream<Item = (usize, Reply)> + Unpin,
 {
     let timer = tokio::time::sleep_until(deadline);
     tokio::pin!(timer);
@@ -157,13 +239,13 @@ where
         tokio::select! {
             biased;
             reply = replies.next() => match reply {
-                Some(reply) => tally.record(reply),
+                Some((node, reply)) => tally.record(node, reply),
                 None => break,
             },
             () = &mut timer => break,
         }
     }
-    tally.close();
+    tally.close(waited);
 }
 
 #[cfg(test)]
@@ -201,45 +283,99 @@ mod tests {
         assert_eq!(validity(ttl, Duration::from_millis(500), d), None);
     }
 
+    fn fail(kind: FailureKind) -> Reply {
+        Reply::Fail(kind, None)
+    }
+
+    fn tally(replies: &[Reply]) -> Tally {
+        let mut t = Tally::new(replies.len());
+        for (i, r) in replies.iter().enumerate() {
+            t.record(i, r.clone());
+        }
+        t
+    }
+
+    const SILENT: FailureKind = FailureKind::TimedOut(Duration::from_millis(50));
+
     #[test]
     fn decides_as_soon_as_certain() {
         let mut t = Tally::new(5);
-        t.record(Reply::Yes);
-        t.record(Reply::Yes);
+        t.record(0, Reply::Yes);
+        t.record(1, Reply::Yes);
         assert_eq!(t.decision(), None);
-        t.record(Reply::Yes);
+        t.record(2, Reply::Yes);
         assert_eq!(t.decision(), Some(Decision::Won));
 
         let mut t = Tally::new(5);
-        t.record(Reply::No);
-        t.record(Reply::Unknown(None));
+        t.record(0, Reply::No);
+        t.record(1, fail(FailureKind::Unreachable));
         assert_eq!(t.decision(), None);
-        t.record(Reply::Failed(redis::RedisError::from((
-            redis::ErrorKind::Client,
-            "boom",
-        ))));
+        t.record(2, fail(FailureKind::Other));
         assert_eq!(t.decision(), Some(Decision::Lost));
         assert_eq!(t.votes(), 0);
-        assert!(t.answered_error().is_some());
-        assert!(t.transport_error().is_none());
+        assert_eq!(t.failures().len(), 2);
     }
 
     #[test]
     fn errors_and_timeouts_are_not_votes() {
         let mut t = Tally::new(3);
-        t.record(Reply::Yes);
-        t.record(Reply::Unknown(None));
-        t.record(Reply::Unknown(None));
+        t.record(0, Reply::Yes);
+        t.record(1, fail(FailureKind::Unreachable));
+        t.close(Duration::from_millis(50));
         assert_eq!(t.decision(), Some(Decision::Lost));
         assert_eq!((t.votes(), t.quorum(), t.unknown()), (1, 2, 2));
+        assert_eq!(t.failures()[1].node(), 2);
+        assert_eq!(t.failures()[1].kind(), SILENT);
     }
 
-    type Call = Pin<Box<dyn Future<Output = Reply> + Send>>;
+    #[test]
+    fn a_node_is_counted_once() {
+        let mut t = Tally::new(3);
+        t.record(0, Reply::Yes);
+        t.record(0, Reply::Yes);
+        assert_eq!(t.votes(), 1);
+        assert_eq!(t.pending(), 2);
+    }
 
-    fn after(ms: u64, reply: Reply) -> Call {
+    #[test]
+    fn silent_nodes_make_unavailable_not_contended() {
+        // Two frozen nodes and one refusal: had the frozen ones answered
+        // yes, the lock was ours, so the service is to blame.
+        let err = tally(&[fail(SILENT), fail(SILENT), Reply::No]).error();
+        assert!(err.is_unavailable(), "{err}");
+        assert_eq!(err.failures().len(), 2);
+        assert!(err.to_string().contains("no reply within 50ms"), "{err}");
+        // A majority of refusals is contention.
+        let err = tally(&[Reply::No, Reply::No, fail(SILENT)]).error();
+        assert!(err.is_contended(), "{err}");
+    }
+
+    #[test]
+    fn permanent_refusals_that_cost_the_quorum_are_refused() {
+        let err = tally(&[
+            fail(FailureKind::Auth),
+            fail(FailureKind::Permission),
+            Reply::Yes,
+        ])
+        .error();
+        assert!(
+            err.is_refused() && err.is_invalid() && !err.is_retryable(),
+            "{err}"
+        );
+        // One refusal with a silent node: the silent one may come back.
+        let err = tally(&[fail(FailureKind::Auth), fail(SILENT), Reply::Yes]).error();
+        assert!(err.is_unavailable() && err.is_retryable(), "{err}");
+        // A passing error reply that cost the quorum is `Redis`.
+        let err = tally(&[fail(FailureKind::Other), Reply::No, Reply::Yes]).error();
+        assert!(matches!(err, Error::Redis { .. }), "{err}");
+    }
+
+    type Call = Pin<Box<dyn Future<Output = (usize, Reply)> + Send>>;
+
+    fn after(node: usize, ms: u64, reply: Reply) -> Call {
         Box::pin(async move {
             tokio::time::sleep(Duration::from_millis(ms)).await;
-            reply
+            (node, reply)
         })
     }
 
@@ -247,14 +383,20 @@ mod tests {
     async fn a_slow_node_does_not_delay_a_certain_win() {
         let start = Instant::now();
         let mut calls: FuturesUnordered<Call> = [
-            after(1, Reply::Yes),
-            after(2, Reply::Yes),
-            after(10_000, Reply::Yes),
+            after(0, 1, Reply::Yes),
+            after(1, 2, Reply::Yes),
+            after(2, 10_000, Reply::Yes),
         ]
         .into_iter()
         .collect();
         let mut t = Tally::new(3);
-        gather(&mut calls, &mut t, start + Duration::from_millis(50)).await;
+        gather(
+            &mut calls,
+            &mut t,
+            start + Duration::from_millis(50),
+            Duration::from_millis(50),
+        )
+        .await;
         assert_eq!(t.decision(), Some(Decision::Won));
         assert_eq!(start.elapsed(), Duration::from_millis(2));
         assert_eq!(calls.len(), 1, "the slow call is left for clean-up");
@@ -264,14 +406,20 @@ mod tests {
     async fn the_deadline_turns_silence_into_unknown() {
         let start = Instant::now();
         let mut calls: FuturesUnordered<Call> = [
-            after(1, Reply::Yes),
-            after(10_000, Reply::Yes),
-            after(10_000, Reply::Yes),
+            after(0, 1, Reply::Yes),
+            after(1, 10_000, Reply::Yes),
+            after(2, 10_000, Reply::Yes),
         ]
         .into_iter()
         .collect();
         let mut t = Tally::new(3);
-        gather(&mut calls, &mut t, start + Duration::from_millis(50)).await;
+        gather(
+            &mut calls,
+            &mut t,
+            start + Duration::from_millis(50),
+            Duration::from_millis(50),
+        )
+        .await;
         assert_eq!(t.decision(), Some(Decision::Lost));
         assert_eq!(start.elapsed(), Duration::from_millis(50));
         assert_eq!((t.votes(), t.unknown()), (1, 2));
@@ -281,14 +429,20 @@ mod tests {
     async fn an_early_refusal_ends_a_hopeless_attempt() {
         let start = Instant::now();
         let mut calls: FuturesUnordered<Call> = [
-            after(1, Reply::No),
-            after(2, Reply::No),
-            after(10_000, Reply::Yes),
+            after(0, 1, Reply::No),
+            after(1, 2, Reply::No),
+            after(2, 10_000, Reply::Yes),
         ]
         .into_iter()
         .collect();
         let mut t = Tally::new(3);
-        gather(&mut calls, &mut t, start + Duration::from_millis(50)).await;
+        gather(
+            &mut calls,
+            &mut t,
+            start + Duration::from_millis(50),
+            Duration::from_millis(50),
+        )
+        .await;
         assert_eq!(t.decision(), Some(Decision::Lost));
         assert_eq!(start.elapsed(), Duration::from_millis(2));
         assert_eq!(t.refused(), 2);

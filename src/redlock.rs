@@ -164,17 +164,13 @@ impl Redlock {
     /// As [`acquire_many`](Self::acquire_many), from the single attempt.
     pub async fn try_acquire_many(&self, resources: &[&str], ttl: Duration) -> Result<Lock, Error> {
         let keys = self.keys_for(resources)?;
-        attempt(&self.inner, keys, ttl, self.inner.plan(ttl)?).await
+        let plan = self.inner.plan(ttl)?;
+        attempt(&self.inner, keys, plan).await.map_err(|f| f.error)
     }
 
-    /// The keys of `resources`, checked: none empty, none twice.
+    /// The keys of `resources`, checked: none empty, none reserved, none
+    /// twice (in linear time: sets can be large).
     fn keys_for(&self, resources: &[&str]) -> Result<Keys, Error> {
-        if let [resource] = resources {
-            if resource.is_empty() {
-                return Err(Error::InvalidInput("resource name is empty"));
-            }
-            return Ok(Arc::from([self.key_of(resource)]));
-        }
         if resources.is_empty() {
             return Err(Error::InvalidInput("no resources were given"));
         }
@@ -184,10 +180,18 @@ impl Redlock {
                 return Err(Error::InvalidInput("resource name is empty"));
             }
             let key = self.key_of(resource);
-            if keys.contains(&key) {
-                return Err(Error::InvalidInput("a resource is named twice"));
+            if key.starts_with(FENCE_PREFIX) {
+                return Err(Error::InvalidInput(
+                    "keys starting with `quorumlock:fence:` are reserved for fencing counters",
+                ));
             }
             keys.push(key);
+        }
+        if keys.len() > 1 {
+            let mut seen = std::collections::HashSet::with_capacity(keys.len());
+            if !keys.iter().all(|k| seen.insert(&**k)) {
+                return Err(Error::InvalidInput("a resource is named twice"));
+            }
         }
         Ok(keys.into())
     }
@@ -197,7 +201,8 @@ impl Redlock {
         let plan = self.inner.plan(ttl)?;
         let started = Instant::now();
         let policy = &self.inner.retry;
-        // Set up once the resource was found held: wakes us on its release.
+        // Set up once the resource was found held: wakes us on the release
+        // of any of its keys.
         let mut watch: Option<Watch> = None;
         let mut attempt_no = 1;
         loop {
@@ -207,10 +212,11 @@ impl Redlock {
             if let Some(released) = released.as_mut() {
                 released.as_mut().enable();
             }
-            let err = match attempt(&self.inner, keys.clone(), ttl, plan).await {
+            let failed = match attempt(&self.inner, keys.clone(), plan).await {
                 Ok(lock) => return Ok(lock),
-                Err(err) => err,
+                Err(failed) => failed,
             };
+            let err = failed.error;
             if !err.is_retryable() || attempt_no >= policy.max_attempts() {
                 return Err(err);
             }
@@ -220,11 +226,10 @@ impl Redlock {
                     return Err(err);
                 }
             }
-            if err.is_contended() && watch.is_none() {
+            if failed.seen_held && watch.is_none() {
                 // Once subscribed, try again at once: a release between the
-                // failed attempt and the subscription would be missed. (For
-                // a set, the first key's releases are watched.)
-                watch = Some(self.inner.wakeups.watch(&keys[0], wait).await);
+                // failed attempt and the subscription would be missed.
+                watch = Some(self.inner.wakeups.watch(&keys, wait).await);
                 attempt_no += 1;
                 continue;
             }
@@ -296,15 +301,7 @@ impl Redlock {
                 let _ = lock.release().await;
                 Ok(out)
             }
-            None => {
-                let quorum = self.quorum();
-                drop(lock);
-                Err(Error::Lost {
-                    resource: resource.to_string(),
-                    votes: 0,
-                    quorum,
-                })
-            }
+            None => Err(lock.loss()),
         }
     }
 
@@ -326,17 +323,33 @@ impl Redlock {
     /// ```
     pub async fn try_acquire(&self, resource: &str, ttl: Duration) -> Result<Lock, Error> {
         let keys = self.keys_for(&[resource])?;
-        attempt(&self.inner, keys, ttl, self.inner.plan(ttl)?).await
+        let plan = self.inner.plan(ttl)?;
+        attempt(&self.inner, keys, plan).await.map_err(|f| f.error)
     }
 }
+
+/// Longest TTL accepted: 1,000 years, far inside what Redis can add to
+/// its clock, and what an `Instant` can hold.
+pub(crate) const MAX_TTL: Duration = Duration::from_secs(1_000 * 365 * 24 * 3600);
 
 /// Validated figures for one TTL.
 #[derive(Clone, Copy)]
 pub(crate) struct Plan {
+    /// The TTL sent to Redis, in whole milliseconds, and the same as a
+    /// `Duration`: validity is computed from what the nodes were told.
     pub(crate) ttl_ms: u64,
+    pub(crate) ttl: Duration,
     pub(crate) drift: Duration,
     /// Per-node deadline for this TTL.
     pub(crate) node_deadline: Duration,
+}
+
+/// Fails with [`Error::NoRuntime`] outside a tokio runtime, instead of the
+/// panic that the first timer or connection would cause there.
+pub(crate) fn require_runtime() -> Result<(), Error> {
+    tokio::runtime::Handle::try_current()
+        .map(drop)
+        .map_err(|_| Error::NoRuntime)
 }
 
 impl Inner {
@@ -346,13 +359,16 @@ impl Inner {
     }
 
     pub(crate) fn plan(&self, ttl: Duration) -> Result<Plan, Error> {
-        if ttl.is_zero() {
-            return Err(Error::InvalidInput("TTL is zero"));
+        require_runtime()?;
+        if ttl > MAX_TTL {
+            return Err(Error::InvalidInput("TTL is longer than 1,000 years"));
         }
-        let ttl_ms = u64::try_from(ttl.as_millis())
-            .ok()
-            .filter(|ms| *ms <= i64::MAX as u64)
-            .ok_or(Error::InvalidInput("TTL is too long for Redis"))?;
+        // Whole milliseconds, rounded down: Redis keeps the key this long.
+        let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+        let ttl = Duration::from_millis(ttl_ms);
+        if ttl.is_zero() {
+            return Err(Error::InvalidInput("TTL is zero (under a millisecond)"));
+        }
         let drift = quorum::drift(ttl, self.drift_factor, self.drift_floor);
         if ttl <= drift.saturating_add(self.node_timeout) {
             return Err(Error::InvalidInput(
@@ -361,6 +377,7 @@ impl Inner {
         }
         Ok(Plan {
             ttl_ms,
+            ttl,
             drift,
             node_deadline: self.node_timeout.min(ttl / 10),
         })
@@ -397,8 +414,8 @@ impl Inner {
             }
         });
         let mut tally = Tally::new(self.nodes.len());
-        let deadline = Instant::now() + self.node_timeout;
-        quorum::gather(&mut (&mut calls).map(|(_, r)| r), &mut tally, deadline).await;
+        let deadline = quorum::deadline_in(self.node_timeout);
+        quorum::gather(&mut calls, &mut tally, deadline, self.node_timeout).await;
         if !calls.is_empty() {
             // The other replies usually follow within microseconds: one turn
             // of the scheduler lets them in and saves a background task.
@@ -408,22 +425,51 @@ impl Inner {
     }
 }
 
-/// One attempt, in a tracing span.
-async fn attempt(inner: &Arc<Inner>, keys: Keys, ttl: Duration, plan: Plan) -> Result<Lock, Error> {
-    use tracing::Instrument;
-    let span = tracing::debug_span!("quorumlock_attempt", key = &*keys[0], keys = keys.len());
-    attempt_in_span(inner, keys, ttl, plan)
-        .instrument(span)
-        .await
+/// A failed attempt: the error, and whether some node was seen holding
+/// the resource for someone else (worth waiting for its release).
+pub(crate) struct Failed {
+    pub(crate) error: Error,
+    pub(crate) seen_held: bool,
 }
 
+impl From<Error> for Failed {
+    fn from(error: Error) -> Self {
+        Self {
+            error,
+            seen_held: false,
+        }
+    }
+}
+
+/// One attempt, in a tracing span.
+async fn attempt(inner: &Arc<Inner>, keys: Keys, plan: Plan) -> Result<Lock, Failed> {
+    use tracing::Instrument;
+    let span = tracing::debug_span!("quorumlock_attempt", key = &*keys[0], keys = keys.len());
+    attempt_in_span(inner, keys, plan).instrument(span).await
+}
+
+/// The key of a lock key's fencing counter. No resource can reach it (keys
+/// under [`FENCE_PREFIX`] are refused), and it hashes to the lock key's
+/// cluster slot: it keeps the key's hash tag, or makes the whole key its
+/// tag when it has none.
+pub(crate) fn fence_key(key: &str) -> Arc<str> {
+    let tagged = key
+        .find('{')
+        .and_then(|open| key[open + 1..].find('}'))
+        .is_some_and(|len| len > 0);
+    if tagged || key.contains('}') {
+        Arc::from(format!("{FENCE_PREFIX}{key}"))
+    } else {
+        Arc::from(format!("{FENCE_PREFIX}{{{key}}}"))
+    }
+}
+
+/// Where fencing counters live; refused as a key for a lock.
+pub(crate) const FENCE_PREFIX: &str = "quorumlock:fence:";
+
 /// One attempt: the whole of REDLOCK.md's "Acquire" section.
-async fn attempt_in_span(
-    inner: &Arc<Inner>,
-    keys: Keys,
-    ttl: Duration,
-    plan: Plan,
-) -> Result<Lock, Error> {
+async fn attempt_in_span(inner: &Arc<Inner>, keys: Keys, plan: Plan) -> Result<Lock, Failed> {
+    let ttl = plan.ttl;
     let start = Instant::now();
     let token = new_token();
     // Armed from the first SET on: if this future is dropped midway, the
@@ -436,11 +482,9 @@ async fn attempt_in_span(
         armed: true,
     };
     // With fencing, each yes vote leaves its node's counter + 1 here.
-    let fence_keys: Option<Keys> = inner.fencing.then(|| {
-        keys.iter()
-            .map(|k| Arc::from(format!("{k}:fence")))
-            .collect()
-    });
+    let fence_keys: Option<Keys> = inner
+        .fencing
+        .then(|| keys.iter().map(|k| fence_key(k)).collect());
     let counters: Option<Arc<[AtomicU64]>> = fence_keys
         .as_ref()
         .map(|_| (0..inner.nodes.len()).map(|_| AtomicU64::new(0)).collect());
@@ -469,9 +513,10 @@ async fn attempt_in_span(
     });
     let mut tally = Tally::new(inner.nodes.len());
     quorum::gather(
-        &mut (&mut calls).map(|(_, r)| r),
+        &mut calls,
         &mut tally,
         start + plan.node_deadline,
+        plan.node_deadline,
     )
     .await;
     // The largest counter among the voters, plus one, made durable on a
@@ -483,18 +528,12 @@ async fn attempt_in_span(
                 .map(|c| c.load(Ordering::SeqCst))
                 .max()
                 .unwrap_or(1);
-            let deadline = Instant::now() + plan.node_deadline;
-            let committed =
-                commit_fence(inner, (&keys, fence_keys, &token), fence, ttl, deadline).await;
-            if committed < tally.quorum() {
-                // Exclusion is fine, but the token could not be made durable.
-                Err(Error::Unavailable {
-                    votes: committed,
-                    quorum: tally.quorum(),
-                    source: None,
-                })
-            } else {
+            let commit = commit_fence(inner, (&keys, fence_keys, &token), fence, plan).await;
+            if commit.decision() == Some(Decision::Won) {
                 Ok(Some(fence))
+            } else {
+                // Exclusion is fine, but the token could not be made durable.
+                Err(commit.error())
             }
         }
         _ => Ok(None),
@@ -510,6 +549,7 @@ async fn attempt_in_span(
         quorum = tally.quorum(),
         refused = tally.refused(),
         unknown = tally.unknown(),
+        failed = tally.failures().len(),
         ?elapsed,
         ?validity,
         ?fence,
@@ -533,26 +573,28 @@ async fn attempt_in_span(
         }
         (Err(error), _, _) => error,
         (_, Some(Decision::Won), None) => Error::ValidityExhausted { elapsed, ttl },
-        _ => failure(&tally),
+        _ => tally.error(),
     };
     // Released in the background: the caller can retry at once.
     Cleanup::discard(inner.clone(), keys, token, ttl)
         .with_late_sets(in_flight(calls))
         .run(None);
-    Err(error)
+    Err(Failed {
+        error,
+        seen_held: tally.refused() > 0,
+    })
 }
 
 /// Writes `fence` back to every node still holding our key; returns once a
 /// quorum confirmed it (or cannot), and lets the other writes finish in the
 /// background: landing beyond a quorum keeps the counter safe when one node
-/// later loses its data. Returns how many confirmed in time.
+/// later loses its data.
 async fn commit_fence(
     inner: &Arc<Inner>,
     (keys, fence_keys, token): (&Keys, &Keys, &Arc<str>),
     fence: u64,
-    ttl: Duration,
-    deadline: Instant,
-) -> usize {
+    plan: Plan,
+) -> Tally {
     let mut calls = inner.fan_out(|inner, i| {
         let (keys, fence_keys, token) = (keys.clone(), fence_keys.clone(), token.clone());
         async move {
@@ -563,40 +605,15 @@ async fn commit_fence(
         }
     });
     let mut tally = Tally::new(inner.nodes.len());
-    quorum::gather(&mut (&mut calls).map(|(_, r)| r), &mut tally, deadline).await;
+    let deadline = Instant::now() + plan.node_deadline;
+    quorum::gather(&mut calls, &mut tally, deadline, plan.node_deadline).await;
     if !calls.is_empty() {
         tokio::task::yield_now().await;
     }
-    Cleanup::discard(inner.clone(), keys.clone(), token.clone(), ttl)
+    Cleanup::discard(inner.clone(), keys.clone(), token.clone(), plan.ttl)
         .finishing(in_flight(calls))
         .run(None);
-    tally.votes()
-}
-
-/// The error for a vote that did not reach quorum.
-fn failure(tally: &Tally) -> Error {
-    let (votes, quorum) = (tally.votes(), tally.quorum());
-    if tally.refused() > 0 {
-        Error::Contended { votes, quorum }
-    } else if let Some(source) = tally.answered_error() {
-        if source.code() == Some("CROSSSLOT") {
-            return Error::InvalidInput(
-                "on Redis Cluster nodes, the keys of one multi-resource lock must share a hash tag, \
-                 like {order:42}:a and {order:42}:b",
-            );
-        }
-        Error::Redis {
-            votes,
-            quorum,
-            source: source.clone(),
-        }
-    } else {
-        Error::Unavailable {
-            votes,
-            quorum,
-            source: tally.transport_error().cloned(),
-        }
-    }
+    tally
 }
 
 /// Removes an attempt's keys unless the attempt won: after a failed vote,

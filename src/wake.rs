@@ -2,12 +2,17 @@
 //!
 //! The release script publishes on `quorumlock:released:<key>` whenever it
 //! deletes a key. An `acquire` that found the resource held subscribes to
-//! that channel on every node (one pub/sub connection per node, opened on
-//! first use) and retries as soon as any node reports a release. The retry
-//! policy's jittered delay stays as the fallback: a lost message, a node
-//! without pub/sub, or a lock that simply expires only cost that delay.
+//! the channel of each of its keys on every node (one pub/sub connection per
+//! node, opened on first use) and retries as soon as any node reports a
+//! release of any of them. The retry policy's jittered delay stays as the
+//! fallback: a lost message, a node without pub/sub (or an ACL user without
+//! channel permissions), or a lock that simply expires only cost that delay.
+//!
+//! Each node's listener heals like a command connection: it reconnects with
+//! a jittered [`Backoff`], and while it has subscriptions it pings the node
+//! each health period, so a connection that went silent is replaced.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -15,24 +20,35 @@ use futures::StreamExt;
 use redis::aio::PubSubSink;
 use tokio::sync::{mpsc, Notify};
 
+use crate::backoff::Backoff;
+use crate::link::lock;
+
 /// Channel prefix the release script publishes on (see `release.lua`).
 pub(crate) const CHANNEL_PREFIX: &str = "quorumlock:released:";
 
 /// What a node's listener is asked to do.
 enum Request {
     /// Subscribe, then say so on the sender (if any).
-    Subscribe(String, Option<mpsc::Sender<()>>),
-    Unsubscribe(String),
+    Subscribe(Vec<String>, Option<mpsc::Sender<()>>),
+    Unsubscribe(Vec<String>),
+}
+
+/// One waiting `acquire`: woken when any of its channels announces.
+struct Waiter {
+    id: u64,
+    notify: Arc<Notify>,
 }
 
 /// Waiters per channel, shared by every listener of one manager. Only
 /// contended acquires touch it; the uncontended path never does.
 #[derive(Default)]
 struct Waiters {
-    by_channel: HashMap<String, (usize, Arc<Notify>)>,
+    /// In the order they will be woken: the longest waiting first.
+    by_channel: HashMap<String, VecDeque<Waiter>>,
     /// When each channel last woke someone: one release is announced by
     /// every node, and should wake one waiter, not one per node.
     last_wake: HashMap<String, std::time::Instant>,
+    next_id: u64,
 }
 
 /// Announcements of one channel closer together than this are one release.
@@ -41,47 +57,70 @@ const SAME_RELEASE: Duration = Duration::from_millis(1);
 pub(crate) struct Wakeups {
     clients: Vec<redis::Client>,
     connect_timeout: Duration,
+    /// Longest wait for a pub/sub reply, and the period of health pings.
+    health: Duration,
     waiters: Mutex<Waiters>,
     /// One request queue per node's listener, created on first use.
     listeners: Mutex<Vec<mpsc::UnboundedSender<Request>>>,
 }
 
 impl Wakeups {
-    pub(crate) fn new(clients: Vec<redis::Client>, connect_timeout: Duration) -> Self {
+    pub(crate) fn new(
+        clients: Vec<redis::Client>,
+        connect_timeout: Duration,
+        health: Duration,
+    ) -> Self {
         Self {
             clients,
             connect_timeout,
+            health,
             waiters: Mutex::default(),
             listeners: Mutex::default(),
         }
     }
 
-    /// Starts listening for releases of `key`, waiting (at most `limit`)
+    /// Starts listening for releases of `keys`, waiting (at most `limit`)
     /// until at least one node confirmed the subscription, so the caller's
     /// next attempt starts after it. The returned handle says when a release
-    /// was seen, and stops listening when dropped.
-    pub(crate) async fn watch(self: &Arc<Self>, key: &str, limit: Duration) -> Watch {
-        let channel = format!("{CHANNEL_PREFIX}{key}");
-        let (notify, first) = {
+    /// was seen, and stops listening when dropped, also if this future is
+    /// dropped while it waits for the confirmation.
+    pub(crate) async fn watch(self: &Arc<Self>, keys: &[Arc<str>], limit: Duration) -> Watch {
+        let channels: Vec<String> = keys
+            .iter()
+            .map(|k| format!("{CHANNEL_PREFIX}{k}"))
+            .collect();
+        let notify = Arc::new(Notify::new());
+        let (id, new) = {
             let mut w = lock(&self.waiters);
-            let entry = w
-                .by_channel
-                .entry(channel.clone())
-                .or_insert_with(|| (0, Arc::new(Notify::new())));
-            entry.0 += 1;
-            (entry.1.clone(), entry.0 == 1)
+            w.next_id += 1;
+            let id = w.next_id;
+            let mut new = Vec::new();
+            for channel in &channels {
+                let queue = w.by_channel.entry(channel.clone()).or_default();
+                if queue.is_empty() {
+                    new.push(channel.clone());
+                }
+                queue.push_back(Waiter {
+                    id,
+                    notify: notify.clone(),
+                });
+            }
+            (id, new)
         };
-        if first {
+        // From here on, dropping `watch` undoes the registration.
+        let watch = Watch {
+            wakeups: self.clone(),
+            id,
+            channels,
+            notify,
+        };
+        if !new.is_empty() {
             let (tx, mut confirmed) = mpsc::channel(self.clients.len());
-            self.send(|| Request::Subscribe(channel.clone(), Some(tx.clone())));
+            self.send(|| Request::Subscribe(new.clone(), Some(tx.clone())));
             drop(tx);
             let _ = tokio::time::timeout(limit, confirmed.recv()).await;
         }
-        Watch {
-            wakeups: self.clone(),
-            channel,
-            notify,
-        }
+        watch
     }
 
     fn send(self: &Arc<Self>, request: impl Fn() -> Request) {
@@ -90,14 +129,9 @@ impl Wakeups {
             let Ok(runtime) = tokio::runtime::Handle::try_current() else {
                 return;
             };
-            for client in &self.clients {
+            for (node, client) in self.clients.iter().enumerate() {
                 let (tx, rx) = mpsc::unbounded_channel();
-                runtime.spawn(listen(
-                    Arc::downgrade(self),
-                    client.clone(),
-                    self.connect_timeout,
-                    rx,
-                ));
+                runtime.spawn(listen(Arc::downgrade(self), node, client.clone(), rx));
                 listeners.push(tx);
             }
         }
@@ -106,16 +140,15 @@ impl Wakeups {
         }
     }
 
-    /// Wakes one waiter of this manager per message, the longest waiting
+    /// Wakes one waiter of this manager per release, the longest waiting
     /// first: waking all of them would have them race (and split the
     /// votes) for a lock only one can get. The others keep their own
     /// fallback timers.
     fn wake(&self, channel: &str) {
         let mut w = lock(&self.waiters);
-        let Some((_, notify)) = w.by_channel.get(channel) else {
+        if !w.by_channel.contains_key(channel) {
             return;
-        };
-        let notify = notify.clone();
+        }
         let now = std::time::Instant::now();
         match w.last_wake.get_mut(channel) {
             Some(last) if now.duration_since(*last) < SAME_RELEASE => return,
@@ -124,18 +157,33 @@ impl Wakeups {
                 w.last_wake.insert(channel.to_string(), now);
             }
         }
-        notify.notify_one();
+        let Some(queue) = w.by_channel.get_mut(channel) else {
+            return;
+        };
+        // The woken waiter goes to the back: if it fails again, the next
+        // release is another's turn.
+        if let Some(waiter) = queue.pop_front() {
+            waiter.notify.notify_one();
+            queue.push_back(waiter);
+        }
     }
 
     fn channels(&self) -> Vec<String> {
         lock(&self.waiters).by_channel.keys().cloned().collect()
     }
+
+    /// Channels with waiters (for tests of clean-up).
+    #[cfg(test)]
+    fn watched(&self) -> usize {
+        lock(&self.waiters).by_channel.len()
+    }
 }
 
-/// Interest in one key's releases.
+/// Interest in the releases of a lock's keys.
 pub(crate) struct Watch {
     wakeups: Arc<Wakeups>,
-    channel: String,
+    id: u64,
+    channels: Vec<String>,
     notify: Arc<Notify>,
 }
 
@@ -148,67 +196,105 @@ impl Watch {
 
 impl Drop for Watch {
     fn drop(&mut self) {
-        let last = {
+        let mut unused = Vec::new();
+        {
             let mut w = lock(&self.wakeups.waiters);
-            match w.by_channel.get_mut(&self.channel) {
-                Some(entry) if entry.0 > 1 => {
-                    entry.0 -= 1;
-                    false
-                }
-                _ => {
-                    w.by_channel.remove(&self.channel);
-                    w.last_wake.remove(&self.channel);
-                    true
+            for channel in &self.channels {
+                let Some(queue) = w.by_channel.get_mut(channel) else {
+                    continue;
+                };
+                queue.retain(|waiter| waiter.id != self.id);
+                if queue.is_empty() {
+                    w.by_channel.remove(channel);
+                    w.last_wake.remove(channel);
+                    unused.push(channel.clone());
                 }
             }
-        };
-        if last {
-            let channel = self.channel.clone();
-            self.wakeups.send(|| Request::Unsubscribe(channel.clone()));
+        }
+        if !unused.is_empty() {
+            self.wakeups.send(|| Request::Unsubscribe(unused.clone()));
         }
     }
 }
 
-/// A poisoned mutex here only guards plain maps; keep using them.
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-/// One node's listener: keeps a pub/sub connection (reconnecting with a
-/// pause after failures), applies subscribe requests, and wakes waiters.
+/// One node's listener: keeps a pub/sub connection while anyone waits,
+/// applies subscribe requests, wakes waiters, and pings while subscribed.
 /// Ends when the manager is gone.
 async fn listen(
     wakeups: Weak<Wakeups>,
+    node: usize,
     client: redis::Client,
-    connect_timeout: Duration,
     mut requests: mpsc::UnboundedReceiver<Request>,
 ) {
+    let mut backoff = Backoff::default();
+    // Set after a failure: how long to wait before connecting again. The
+    // wait grows with each failure in a row, so a node refusing
+    // connections, logins or SUBSCRIBE sees a few tries a second at most.
+    let mut retry_in: Option<Duration> = None;
+    let mut pending: Option<Request> = None;
     loop {
+        let Some((connect_timeout, health)) =
+            wakeups.upgrade().map(|w| (w.connect_timeout, w.health))
+        else {
+            return;
+        };
+        let wanted = wakeups.upgrade().map(|w| w.channels()).unwrap_or_default();
+        if wanted.is_empty() && pending.is_none() {
+            // Nobody waits: no connection until someone does.
+            match requests.recv().await {
+                Some(request) => pending = Some(request),
+                None => return,
+            }
+            continue;
+        }
+        if let Some(wait) = retry_in.take() {
+            tokio::time::sleep(wait).await;
+        }
         let connected = tokio::time::timeout(connect_timeout, client.get_async_pubsub()).await;
         let Ok(Ok(pubsub)) = connected else {
-            // Requests queued meanwhile are covered by the resubscribe below.
-            tokio::time::sleep(connect_timeout).await;
-            if wakeups.strong_count() == 0 {
-                return;
-            }
+            retry_in = Some(backoff.fail());
             continue;
         };
         let (mut sink, mut messages) = pubsub.split();
-        let Some(current) = wakeups.upgrade().map(|w| w.channels()) else {
-            return;
+        // Everything wanted now, which covers any request that was queued.
+        let wanted = wakeups.upgrade().map(|w| w.channels()).unwrap_or_default();
+        let confirm = match pending.take() {
+            Some(Request::Subscribe(_, confirm)) => confirm,
+            _ => None,
         };
-        if !current.is_empty() && sink.subscribe(current).await.is_err() {
-            continue;
+        if !wanted.is_empty() {
+            match tokio::time::timeout(health, sink.subscribe(wanted)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::debug!(node, error = %e, "quorumlock wake-ups: SUBSCRIBE refused; waiters fall back to their retry delay");
+                    retry_in = Some(backoff.fail());
+                    pending = confirm.map(|c| Request::Subscribe(Vec::new(), Some(c)));
+                    continue;
+                }
+                Err(_) => {
+                    retry_in = Some(backoff.fail());
+                    continue;
+                }
+            }
         }
+        if let Some(confirm) = confirm {
+            let _ = confirm.try_send(());
+        }
+        backoff.reset();
+        let mut ping = tokio::time::interval(health);
+        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ping.tick().await;
         loop {
             tokio::select! {
                 request = requests.recv() => match request {
                     None => return,
-                    Some(request) => {
-                        if apply(&mut sink, request).await.is_err() {
+                    Some(request) => match tokio::time::timeout(health, apply(&mut sink, request)).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(_)) | Err(_) => {
+                            retry_in = Some(backoff.fail());
                             break;
                         }
-                    }
+                    },
                 },
                 message = messages.next() => match message {
                     None => break,
@@ -217,6 +303,18 @@ async fn listen(
                         None => return,
                     },
                 },
+                _ = ping.tick() => {
+                    let idle = wakeups.upgrade().is_none_or(|w| w.channels().is_empty());
+                    if idle {
+                        continue;
+                    }
+                    let answered = tokio::time::timeout(health, sink.ping::<redis::Value>()).await;
+                    if !matches!(answered, Ok(Ok(_))) {
+                        tracing::debug!(node, "quorumlock wake-ups: pub/sub connection stopped answering; reconnecting");
+                        retry_in = Some(backoff.fail());
+                        break;
+                    }
+                }
             }
         }
     }
@@ -224,13 +322,39 @@ async fn listen(
 
 async fn apply(sink: &mut PubSubSink, request: Request) -> redis::RedisResult<()> {
     match request {
-        Request::Subscribe(channel, confirm) => {
-            sink.subscribe(channel).await?;
+        Request::Subscribe(channels, confirm) => {
+            if !channels.is_empty() {
+                sink.subscribe(channels).await?;
+            }
             if let Some(confirm) = confirm {
                 let _ = confirm.try_send(());
             }
             Ok(())
         }
-        Request::Unsubscribe(channel) => sink.unsubscribe(channel).await,
+        Request::Unsubscribe(channels) => sink.unsubscribe(channels).await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_watch_dropped_while_subscribing_leaves_nothing_registered() {
+        // No node answers on this port: the subscribe never confirms.
+        let client = redis::Client::open("redis://127.0.0.1:1").unwrap();
+        let wakeups = Arc::new(Wakeups::new(
+            vec![client],
+            Duration::from_millis(50),
+            Duration::from_millis(500),
+        ));
+        let keys: Vec<Arc<str>> = vec![Arc::from("a"), Arc::from("b")];
+        let watching = wakeups.watch(&keys, Duration::from_secs(5));
+        let cancelled = tokio::time::timeout(Duration::from_millis(20), watching).await;
+        assert!(
+            cancelled.is_err(),
+            "the subscription cannot have been confirmed"
+        );
+        assert_eq!(wakeups.watched(), 0);
     }
 }

@@ -258,14 +258,17 @@ async fn a_read_only_replica_is_no_vote_and_is_reported() {
         .try_acquire(&unique("replica"), Duration::from_secs(5))
         .await
         .unwrap_err();
-    let Error::Redis {
+    let Error::Refused {
         votes: 0,
         quorum: 1,
-        source,
+        failures,
+        source: Some(source),
     } = &err
     else {
         panic!("{err:?}")
     };
     assert_eq!(source.code(), Some("READONLY"), "{source}");
-    assert!(err.is_retryable() && !err.is_unavailable() && !err.is_contended());
+    assert_eq!(failures[0].kind(), quorumlock::FailureKind::ReadOnly);
+    // A replica stays a replica: a retry cannot fix it.
+    assert!(err.is_invalid() && !err.is_retryable() && !err.is_contended());
 }

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use quorumlock::{Error, Redlock, RetryPolicy};
+use quorumlock::{Error, FailureKind, Redlock, RetryPolicy};
 use support::{eventually, no_key_anywhere, unique, value};
 
 /// Witness: `[acquired, min(release, deadline)]` windows of one resource.
@@ -484,13 +484,30 @@ async fn an_error_reply_counts_as_no_vote_and_is_reported() {
         .query_async(&mut c)
         .await
         .unwrap();
+    // The compare-and-delete could not run there: that is not "lost",
+    // it is a refusal with its cause, and no retry will fix it.
     let err = lock.release().await.unwrap_err();
-    assert!(err.is_lost(), "{err:?}");
+    assert!(err.is_refused() && !err.is_retryable(), "{err:?}");
+    assert_eq!(err.failures()[0].kind(), FailureKind::WrongType, "{err:?}");
+    // A single-key SET NX on a list must not look like a held lock.
     let err = redlock
         .try_acquire(&resource, Duration::from_secs(5))
         .await
         .unwrap_err();
-    assert!(err.is_contended(), "{err:?}");
+    assert!(err.is_refused() && !err.is_contended(), "{err:?}");
+    assert_eq!(err.failures()[0].kind(), FailureKind::WrongType, "{err:?}");
+    // `acquire` does not burn its retries on it.
+    let started = Instant::now();
+    let err = redlock
+        .acquire(&resource, Duration::from_secs(5))
+        .await
+        .unwrap_err();
+    assert!(err.is_refused(), "{err:?}");
+    assert!(
+        started.elapsed() < Duration::from_millis(90),
+        "{:?}",
+        started.elapsed()
+    );
     let _: i64 = redis::cmd("DEL")
         .arg(&resource)
         .query_async(&mut c)

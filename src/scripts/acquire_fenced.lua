@@ -15,7 +15,14 @@ for i = 1, n do
 end
 local highest = 0
 for i = 1, n do
+    local counter = redis.call("GET", KEYS[n + i]) or "0"
+    local value = tonumber(counter)
+    if not value then
+        return redis.error_reply("ERR quorumlock: fence counter " .. KEYS[n + i] .. " is not a number")
+    end
+    highest = math.max(highest, value)
+end
+for i = 1, n do
     redis.call("SET", KEYS[i], ARGV[1], "PX", ARGV[2])
-    highest = math.max(highest, tonumber(redis.call("GET", KEYS[n + i]) or "0"))
 end
 return highest

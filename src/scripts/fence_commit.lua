@@ -10,7 +10,7 @@ for i = 1, n do
     end
 end
 for i = 1, n do
-    local current = tonumber(redis.call("GET", KEYS[n + i]) or "0")
+    local current = tonumber(redis.call("GET", KEYS[n + i]) or "0") or 0
     if current < tonumber(ARGV[2]) then
         redis.call("SET", KEYS[n + i], ARGV[2])
     end

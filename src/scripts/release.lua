@@ -3,6 +3,9 @@
 -- holder's key. With ARGV[2] == "1" (a holder's release), each deleted key
 -- is announced to waiters (see `src/wake.rs`); a failed attempt cleaning up
 -- announces nothing, or waiters would storm the nodes on every failure.
+-- The announcement is optional: `redis.pcall` keeps a PUBLISH that the ACL
+-- denies (Redis 7 users start with `resetchannels`) from failing the script
+-- after its first DEL, so every key of ours is deleted either way.
 -- KEYS = lock keys, ARGV[1] = token, ARGV[2] = "1" to announce.
 -- Returns 1 when every key was ours and is deleted, 0 otherwise.
 local all = 1
@@ -10,7 +13,7 @@ for _, key in ipairs(KEYS) do
     if redis.call("GET", key) == ARGV[1] then
         redis.call("DEL", key)
         if ARGV[2] == "1" then
-            redis.call("PUBLISH", "quorumlock:released:" .. key, "")
+            redis.pcall("PUBLISH", "quorumlock:released:" .. key, "")
         end
     else
         all = 0

@@ -1,0 +1,334 @@
+//! One node's command connection, kept healthy by itself.
+//!
+//! redis-rs's `ConnectionManager` reconnects only when a call fails, caches
+//! a failed login forever, and cannot tell a connection that silently stopped
+//! answering (a lost NAT or conntrack entry) from a slow one. A [`Link`]
+//! does all three: a connection with a call outstanding past the health
+//! limit and no reply since is replaced by a fresh one (in the background;
+//! calls already sent on the old one still finish there, so their keys are
+//! cleaned up), a refused login is tried again after a jittered backoff,
+//! and every reconnect waits its [`Backoff`]. Each new connection is asked
+//! who it is (`INFO server`), so two entries that reach one server are
+//! never counted as two votes.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
+use std::time::{Duration, Instant};
+
+use redis::aio::MultiplexedConnection;
+use redis::{AsyncConnectionConfig, ErrorKind, RedisError};
+use tokio::sync::Notify;
+
+use crate::backoff::Backoff;
+
+/// The run ids of the servers behind each node, to find entries that are
+/// one server.
+#[derive(Default)]
+pub(crate) struct Servers(Mutex<Vec<Option<String>>>);
+
+impl Servers {
+    pub(crate) fn new(nodes: usize) -> Self {
+        Self(Mutex::new(vec![None; nodes]))
+    }
+
+    /// Notes that `node` reaches the server `run_id`; returns another node
+    /// already known to reach the same server.
+    fn register(&self, node: usize, run_id: Option<String>) -> Option<usize> {
+        let mut ids = lock(&self.0);
+        let other = run_id
+            .as_ref()
+            .and_then(|id| (0..ids.len()).find(|&i| i != node && ids[i].as_ref() == Some(id)));
+        if let Some(slot) = ids.get_mut(node) {
+            *slot = if other.is_some() { None } else { run_id };
+        }
+        other
+    }
+}
+
+/// One open connection and what we know of it.
+pub(crate) struct Conn {
+    mux: MultiplexedConnection,
+    /// Calls sent and not yet answered.
+    in_flight: AtomicUsize,
+    /// When a reply last came, or a call was sent to an idle connection
+    /// (milliseconds on `clock()`).
+    progress: AtomicU64,
+    /// It answered at least once: the backoff starts over.
+    served: AtomicBool,
+    /// The server understands `SET .. NX GET` (Redis 7.0 and later).
+    pub(crate) nx_get: bool,
+    /// The server is the one behind this other node: no vote of ours.
+    pub(crate) same_as: Option<usize>,
+}
+
+impl Conn {
+    /// A call has waited past `limit` with no reply at all since.
+    fn stalled(&self, limit_ms: u64) -> bool {
+        self.in_flight.load(Ordering::Acquire) > 0
+            && clock().saturating_sub(self.progress.load(Ordering::Acquire)) > limit_ms
+    }
+}
+
+/// Marks a call in flight on a connection until it is answered or dropped.
+pub(crate) struct Call {
+    conn: Arc<Conn>,
+}
+
+impl Call {
+    /// A clone of the connection to send the call on.
+    pub(crate) fn mux(&self) -> MultiplexedConnection {
+        self.conn.mux.clone()
+    }
+
+    pub(crate) fn conn(&self) -> &Conn {
+        &self.conn
+    }
+
+    /// The call got a reply (an answer or an error reply from the server).
+    pub(crate) fn answered(self, link: &Link) {
+        self.conn.progress.store(clock(), Ordering::Release);
+        if !self.conn.served.swap(true, Ordering::AcqRel) {
+            link.state().backoff.reset();
+        }
+    }
+}
+
+impl Drop for Call {
+    fn drop(&mut self) {
+        self.conn.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+struct State {
+    current: Option<Arc<Conn>>,
+    connecting: bool,
+    backoff: Backoff,
+    /// No connection attempt before this.
+    rest_until: Option<Instant>,
+    /// Why the last attempt failed; calls made while resting get it.
+    last_error: Option<RedisError>,
+}
+
+/// A node's self-healing command connection.
+pub(crate) struct Link {
+    index: usize,
+    client: redis::Client,
+    config: AsyncConnectionConfig,
+    connect_timeout: Duration,
+    health_limit_ms: u64,
+    servers: Arc<Servers>,
+    state: Mutex<State>,
+    changed: Notify,
+}
+
+impl Link {
+    pub(crate) fn new(
+        index: usize,
+        client: redis::Client,
+        connect_timeout: Duration,
+        health_limit: Duration,
+        servers: Arc<Servers>,
+    ) -> Self {
+        let config = AsyncConnectionConfig::new()
+            // Deadlines belong to the lock algorithm, not to the transport:
+            // a reply that arrives late must still be seen so its key can be
+            // cleaned up. A silent connection is caught by the health limit.
+            .set_response_timeout(None)
+            .set_connection_timeout(Some(connect_timeout));
+        Self {
+            index,
+            client,
+            config,
+            connect_timeout,
+            health_limit_ms: u64::try_from(health_limit.as_millis()).unwrap_or(u64::MAX),
+            servers,
+            state: Mutex::new(State {
+                current: None,
+                connecting: false,
+                backoff: Backoff::default(),
+                rest_until: None,
+                last_error: None,
+            }),
+            changed: Notify::new(),
+        }
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        lock(&self.state)
+    }
+
+    /// A connection to send one call on, waiting for a connect in progress
+    /// (callers bound the wait with their own deadline). While the node
+    /// rests after a failed connect, the reason comes back at once.
+    pub(crate) async fn call(self: &Arc<Self>) -> Result<Call, RedisError> {
+        loop {
+            let notified = self.changed.notified();
+            tokio::pin!(notified);
+            {
+                let mut s = self.state();
+                if let Some(conn) = &s.current {
+                    if !conn.stalled(self.health_limit_ms) {
+                        let conn = conn.clone();
+                        drop(s);
+                        if conn.in_flight.fetch_add(1, Ordering::AcqRel) == 0 {
+                            conn.progress.store(clock(), Ordering::Release);
+                        }
+                        return Ok(Call { conn });
+                    }
+                    tracing::warn!(
+                        node = self.index,
+                        limit_ms = self.health_limit_ms,
+                        "quorumlock node connection stopped answering; opening a new one"
+                    );
+                    s.current = None;
+                }
+                if !s.connecting {
+                    if let Some(until) = s.rest_until {
+                        if Instant::now() < until {
+                            return Err(s.last_error.clone().unwrap_or_else(resting));
+                        }
+                    }
+                    s.connecting = true;
+                    tokio::spawn(self.clone().connect());
+                }
+                notified.as_mut().enable();
+            }
+            notified.await;
+        }
+    }
+
+    /// The connection `conn` broke under a call: the next call reconnects.
+    pub(crate) fn broken(&self, call: &Call) {
+        let mut s = self.state();
+        if s.current
+            .as_ref()
+            .is_some_and(|c| Arc::ptr_eq(c, &call.conn))
+        {
+            s.current = None;
+        }
+    }
+
+    /// Opens a connection (in the background: the attempt outlives any one
+    /// caller's deadline), then wakes everyone waiting for it.
+    async fn connect(self: Arc<Self>) {
+        let opened = match tokio::time::timeout(self.connect_timeout, self.open()).await {
+            Ok(result) => result,
+            Err(_) => Err(RedisError::from(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "connecting to the node timed out",
+            ))),
+        };
+        {
+            let mut s = self.state();
+            s.connecting = false;
+            match opened {
+                Ok(conn) => {
+                    s.current = Some(Arc::new(conn));
+                    s.rest_until = None;
+                    s.last_error = None;
+                }
+                Err(e) => {
+                    let wait = s.backoff.fail();
+                    tracing::debug!(node = self.index, error = %e, ?wait, "quorumlock connect failed");
+                    s.rest_until = Some(Instant::now() + wait);
+                    s.last_error = Some(e);
+                }
+            }
+        }
+        self.changed.notify_waiters();
+    }
+
+    async fn open(&self) -> Result<Conn, RedisError> {
+        let mut mux = self
+            .client
+            .get_multiplexed_async_connection_with_config(&self.config)
+            .await?;
+        let info = identify(&mut mux).await?;
+        let same_as = self.servers.register(self.index, info.run_id);
+        if let Some(other) = same_as {
+            tracing::error!(
+                node = self.index,
+                other,
+                "quorumlock: nodes {other} and {} are the same Redis server; node {} gets no vote",
+                self.index,
+                self.index
+            );
+        }
+        Ok(Conn {
+            mux,
+            in_flight: AtomicUsize::new(0),
+            progress: AtomicU64::new(clock()),
+            served: AtomicBool::new(false),
+            nx_get: info.major >= 7,
+            same_as,
+        })
+    }
+}
+
+/// What `INFO server` tells about a server.
+struct ServerInfo {
+    run_id: Option<String>,
+    major: u32,
+}
+
+/// Asks the server who it is. A user without `INFO` still connects; only
+/// the same-server check and `SET .. NX GET` are then skipped. Any other
+/// error (an unusable connection, a refused login) fails the connect.
+async fn identify(mux: &mut MultiplexedConnection) -> Result<ServerInfo, RedisError> {
+    let text = match redis::cmd("INFO")
+        .arg("server")
+        .query_async::<String>(mux)
+        .await
+    {
+        Ok(text) => text,
+        Err(e) if e.kind() == ErrorKind::Server(redis::ServerErrorKind::NoPerm) => String::new(),
+        Err(e) => return Err(e),
+    };
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+            .map(str::trim)
+    };
+    Ok(ServerInfo {
+        run_id: field("run_id").map(String::from),
+        major: field("redis_version")
+            .and_then(|v| v.split('.').next()?.parse().ok())
+            .unwrap_or(0),
+    })
+}
+
+fn resting() -> RedisError {
+    RedisError::from(std::io::Error::new(
+        std::io::ErrorKind::NotConnected,
+        "node connection is being re-established",
+    ))
+}
+
+/// A poisoned mutex here only guards plain data; keep using it.
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Milliseconds on a process-wide monotonic clock.
+fn clock() -> u64 {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    u64::try_from(EPOCH.get_or_init(Instant::now).elapsed().as_millis()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_run_id_seen_twice_is_the_same_server() {
+        let servers = Servers::new(3);
+        assert_eq!(servers.register(0, Some("a".into())), None);
+        assert_eq!(servers.register(1, Some("b".into())), None);
+        assert_eq!(servers.register(2, Some("a".into())), Some(0));
+        // Node 0 restarted (new run id): node 2 may vote again.
+        assert_eq!(servers.register(0, Some("c".into())), None);
+        assert_eq!(servers.register(2, Some("a".into())), None);
+        // Unknown identity (no INFO permission) never matches.
+        assert_eq!(servers.register(1, None), None);
+    }
+}
