@@ -55,6 +55,8 @@ pub(crate) struct Conn {
     progress: AtomicU64,
     /// It answered at least once: the backoff starts over.
     served: AtomicBool,
+    /// A probe is watching it (see [`Link::suspect`]).
+    probing: AtomicBool,
     /// The server understands `SET .. NX GET` (Redis 7.0 and later).
     pub(crate) nx_get: bool,
     /// The server is the one behind this other node: no vote of ours.
@@ -175,26 +177,75 @@ impl Link {
                         }
                         return Ok(Call { conn });
                     }
-                    tracing::warn!(
-                        node = self.index,
-                        limit_ms = self.health_limit_ms,
-                        "quorumlock node connection stopped answering; opening a new one"
-                    );
-                    s.current = None;
+                    self.replace(&mut s);
                 }
-                if !s.connecting {
-                    if let Some(until) = s.rest_until {
-                        if Instant::now() < until {
-                            return Err(s.last_error.clone().unwrap_or_else(resting));
-                        }
-                    }
-                    s.connecting = true;
-                    tokio::spawn(self.clone().connect());
+                if !self.reconnect(&mut s) {
+                    return Err(s.last_error.clone().unwrap_or_else(resting));
                 }
                 notified.as_mut().enable();
             }
             notified.await;
         }
+    }
+
+    /// Drops the current connection, which stopped answering; calls in
+    /// flight on it keep it alive until they end.
+    fn replace(self: &Arc<Self>, s: &mut State) {
+        tracing::warn!(
+            node = self.index,
+            limit_ms = self.health_limit_ms,
+            "quorumlock node connection stopped answering; opening a new one"
+        );
+        s.current = None;
+        self.reconnect(s);
+    }
+
+    /// Starts a connect unless one is running; `false` while the node
+    /// rests after a failed one.
+    fn reconnect(self: &Arc<Self>, s: &mut State) -> bool {
+        if s.connecting {
+            return true;
+        }
+        if s.rest_until.is_some_and(|until| Instant::now() < until) {
+            return false;
+        }
+        s.connecting = true;
+        tokio::spawn(self.clone().connect());
+        true
+    }
+
+    /// A call on this node got no reply within its deadline. If the
+    /// connection then stays silent past the health limit, it is replaced
+    /// even if no other call comes to notice: the next attempt finds a
+    /// working connection instead of waiting on the dead one again.
+    pub(crate) fn suspect(self: &Arc<Self>) {
+        let Some(conn) = self.state().current.clone() else {
+            return;
+        };
+        if conn.probing.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let link = self.clone();
+        tokio::spawn(async move {
+            loop {
+                let since = conn.progress.load(Ordering::Acquire);
+                let due = since
+                    .saturating_add(link.health_limit_ms)
+                    .saturating_add(1)
+                    .saturating_sub(clock());
+                tokio::time::sleep(Duration::from_millis(due)).await;
+                let mut s = link.state();
+                let current = s.current.as_ref().is_some_and(|c| Arc::ptr_eq(c, &conn));
+                if !current || conn.in_flight.load(Ordering::Acquire) == 0 {
+                    conn.probing.store(false, Ordering::Release);
+                    return;
+                }
+                if conn.stalled(link.health_limit_ms) {
+                    link.replace(&mut s);
+                    return;
+                }
+            }
+        });
     }
 
     /// The connection `conn` broke under a call: the next call reconnects.
@@ -259,6 +310,7 @@ impl Link {
             in_flight: AtomicUsize::new(0),
             progress: AtomicU64::new(clock()),
             served: AtomicBool::new(false),
+            probing: AtomicBool::new(false),
             nx_get: info.major >= 7,
             same_as,
         })

@@ -12,7 +12,7 @@ use tokio::sync::watch;
 
 use crate::cleanup::{in_flight, Cleanup, InFlight};
 use crate::error::LossCause;
-use crate::quorum::{self, Decision, Tally};
+use crate::quorum::{self, Decision};
 use crate::redlock::{Inner, Keys};
 use crate::Error;
 
@@ -148,11 +148,10 @@ impl Shared {
                 (i, reply)
             }
         });
-        let mut tally = Tally::new(self.inner.nodes.len());
         let wait = wait.unwrap_or(plan.node_deadline);
         let deadline =
             quorum::deadline_in(wait).min(tokio::time::Instant::from_std(current.deadline));
-        quorum::gather(&mut calls, &mut tally, deadline, wait).await;
+        let tally = self.inner.gather(&mut calls, deadline, wait).await;
         Cleanup::release(
             self.inner.clone(),
             self.keys.clone(),

@@ -63,6 +63,12 @@ impl Node {
         }
     }
 
+    /// A call got no reply in time: watch the connection (see
+    /// [`Link::suspect`]).
+    pub(crate) fn timed_out(&self) {
+        self.link.suspect();
+    }
+
     /// Opens the connection now, so the first lock does not pay for it; the
     /// node's failure, if it has one.
     pub(crate) async fn warm_up(&self) -> Result<(), Reply> {

@@ -11,6 +11,7 @@ use tokio::time::Instant;
 
 use crate::builder::{Builder, RetryPolicy};
 use crate::cleanup::{in_flight, Cleanup, InFlight};
+use crate::error::FailureKind;
 use crate::fanout::Fanout;
 use crate::lock::{Guard, KeepAlive, Lock};
 use crate::node::{Node, Scripts};
@@ -392,6 +393,27 @@ impl Inner {
         (0..self.nodes.len()).map(|i| op(self.clone(), i)).collect()
     }
 
+    /// Reads a fan-out's replies into a tally (see [`quorum::gather`]), and
+    /// has each node that stayed silent watch its connection.
+    pub(crate) async fn gather<S>(
+        &self,
+        calls: &mut S,
+        deadline: Instant,
+        waited: Duration,
+    ) -> Tally
+    where
+        S: futures::Stream<Item = (usize, Reply)> + Unpin,
+    {
+        let mut tally = Tally::new(self.nodes.len());
+        quorum::gather(calls, &mut tally, deadline, waited).await;
+        for failure in tally.failures() {
+            if let FailureKind::TimedOut(_) = failure.kind() {
+                self.nodes[failure.node()].timed_out();
+            }
+        }
+        tally
+    }
+
     /// Compare-and-delete on every node, waiting until a quorum confirmed it
     /// (or cannot), at most the node timeout. The calls still running are
     /// returned: they are on the wire already, so a frozen node still gets
@@ -413,9 +435,8 @@ impl Inner {
                 )
             }
         });
-        let mut tally = Tally::new(self.nodes.len());
         let deadline = quorum::deadline_in(self.node_timeout);
-        quorum::gather(&mut calls, &mut tally, deadline, self.node_timeout).await;
+        let tally = self.gather(&mut calls, deadline, self.node_timeout).await;
         if !calls.is_empty() {
             // The other replies usually follow within microseconds: one turn
             // of the scheduler lets them in and saves a background task.
@@ -511,14 +532,9 @@ async fn attempt_in_span(inner: &Arc<Inner>, keys: Keys, plan: Plan) -> Result<L
             (i, reply)
         }
     });
-    let mut tally = Tally::new(inner.nodes.len());
-    quorum::gather(
-        &mut calls,
-        &mut tally,
-        start + plan.node_deadline,
-        plan.node_deadline,
-    )
-    .await;
+    let tally = inner
+        .gather(&mut calls, start + plan.node_deadline, plan.node_deadline)
+        .await;
     // The largest counter among the voters, plus one, made durable on a
     // quorum before the lock is handed out.
     let fence = match (&fence_keys, &counters, tally.decision()) {
@@ -604,9 +620,8 @@ async fn commit_fence(
             (i, reply)
         }
     });
-    let mut tally = Tally::new(inner.nodes.len());
     let deadline = Instant::now() + plan.node_deadline;
-    quorum::gather(&mut calls, &mut tally, deadline, plan.node_deadline).await;
+    let tally = inner.gather(&mut calls, deadline, plan.node_deadline).await;
     if !calls.is_empty() {
         tokio::task::yield_now().await;
     }

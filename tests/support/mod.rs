@@ -27,13 +27,22 @@ struct Server {
 /// N independent Redis nodes (no replication, no persistence).
 pub struct Cluster {
     servers: Vec<Server>,
+    extra: Vec<String>,
 }
 
 impl Cluster {
     /// Starts `n` nodes and waits until each answers PING.
     pub fn start(n: usize) -> Self {
-        let servers = (0..n).map(|_| spawn_on_free_port()).collect();
-        Self { servers }
+        Self::start_with(n, &[])
+    }
+
+    /// As [`start`](Self::start), with extra `redis-server` arguments
+    /// (`{port}` in one is replaced by the node's port). A node started with
+    /// `--requirepass` still answers PING with an error, which is enough.
+    pub fn start_with(n: usize, extra: &[&str]) -> Self {
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        let servers = (0..n).map(|_| spawn_on_free_port(&extra)).collect();
+        Self { servers, extra }
     }
 
     pub fn len(&self) -> usize {
@@ -76,7 +85,7 @@ impl Cluster {
         let port = self.servers[i].port;
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            let mut child = spawn_server(port);
+            let mut child = spawn_server(port, &self.extra);
             if wait_for_ping(port, &mut child) {
                 self.servers[i].child = Some(child);
                 return;
@@ -140,6 +149,17 @@ pub fn cluster(n: usize) -> Option<Cluster> {
     Some(Cluster::start(n))
 }
 
+/// As [`cluster`], with extra `redis-server` arguments.
+pub fn cluster_with(n: usize, extra: &[&str]) -> Option<Cluster> {
+    if external_nodes().is_some() {
+        say_skipped(&format!(
+            "it starts redis-server with its own settings, and {NODES_ENV} is set"
+        ));
+        return None;
+    }
+    Some(Cluster::start_with(n, extra))
+}
+
 /// Written past the test harness's output capture, so a skip is visible in
 /// a passing run.
 fn say_skipped(why: &str) {
@@ -181,11 +201,11 @@ pub fn unique(name: &str) -> String {
     format!("{name}:{:016x}", rand::random::<u64>())
 }
 
-fn spawn_on_free_port() -> Server {
+fn spawn_on_free_port(extra: &[String]) -> Server {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let port = free_port();
-        let mut child = spawn_server(port);
+        let mut child = spawn_server(port, extra);
         if wait_for_ping(port, &mut child) {
             return Server {
                 port,
@@ -204,13 +224,14 @@ fn free_port() -> u16 {
     listener.local_addr().expect("local addr").port()
 }
 
-fn spawn_server(port: u16) -> Child {
+fn spawn_server(port: u16, extra: &[String]) -> Child {
     Command::new("redis-server")
         .args(["--port", &port.to_string()])
         .args(["--bind", "127.0.0.1"])
         .args(["--save", ""])
         .args(["--appendonly", "no"])
         .args(["--logfile", ""])
+        .args(extra.iter().map(|a| a.replace("{port}", &port.to_string())))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -240,8 +261,9 @@ fn ping(port: u16) -> bool {
     if stream.write_all(b"PING\r\n").is_err() {
         return false;
     }
+    // `+PONG`, or `-NOAUTH` from a node that wants a password: it is up.
     let mut buf = [0u8; 7];
-    stream.read_exact(&mut buf).is_ok() && &buf == b"+PONG\r\n"
+    stream.read_exact(&mut buf).is_ok() && (&buf == b"+PONG\r\n" || buf.starts_with(b"-NOAUTH"))
 }
 
 /// A plain connection to one node, for looking at keys behind the library's back.
@@ -396,4 +418,45 @@ pub async fn every_node_holds(urls: &[String], key: &str, token: &str) {
         },
     )
     .await;
+}
+
+/// An `INFO` field of the node at `url`, as a number.
+pub async fn info_number(url: &str, section: &str, field: &str) -> u64 {
+    let mut c = conn(url).await;
+    let info: String = redis::cmd("INFO")
+        .arg(section)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let prefix = format!("{field}:");
+    info.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .map_or(0, |n| n.trim().parse().unwrap())
+}
+
+/// Connections the node at `url` accepted since it started.
+pub async fn connections_received(url: &str) -> u64 {
+    info_number(url, "stats", "total_connections_received").await
+}
+
+/// Subscribers of `channel` on the node at `url`.
+pub async fn subscribers(url: &str, channel: &str) -> u64 {
+    let mut c = conn(url).await;
+    let reply: (String, u64) = redis::cmd("PUBSUB")
+        .arg("NUMSUB")
+        .arg(channel)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    reply.1
+}
+
+/// Runs a command on the node at `url` (as an admin), ignoring the reply.
+pub async fn admin(url: &str, args: &[&str]) {
+    let mut c = conn(url).await;
+    let mut cmd = redis::cmd(args[0]);
+    for a in &args[1..] {
+        cmd.arg(*a);
+    }
+    let _: redis::Value = cmd.query_async(&mut c).await.unwrap();
 }

@@ -24,6 +24,17 @@ struct Faults {
     clock_speed: f64,
     /// Bumped to reset every open connection.
     generation: u64,
+    /// Connections accepted before this one (by sequence number) stall:
+    /// nothing passes either way, nothing is closed, while new connections
+    /// work (a NAT or conntrack entry lost under an open connection).
+    stall_below: u64,
+}
+
+impl Faults {
+    /// Traffic of connection `seq` may pass.
+    fn flows(&self, seq: u64) -> bool {
+        self.blackhole != Blackhole::All && seq >= self.stall_below
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,6 +51,7 @@ pub struct Proxy {
     port: u16,
     faults: watch::Sender<Faults>,
     accept: JoinHandle<()>,
+    accepted: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Proxy {
@@ -51,17 +63,34 @@ impl Proxy {
             blackhole: Blackhole::Off,
             clock_speed: 1.0,
             generation: 0,
+            stall_below: 0,
         });
+        let accepted = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let counter = accepted.clone();
         let accept = tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
-                tokio::spawn(connection(client, upstream, rx.clone()));
+                let seq = counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                tokio::spawn(connection(client, upstream, rx.clone(), seq));
             }
         });
         Self {
             port,
             faults,
             accept,
+            accepted,
         }
+    }
+
+    /// Connections accepted so far.
+    pub fn accepted(&self) -> u64 {
+        self.accepted.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Every connection open now hangs forever without closing; new
+    /// connections work.
+    pub fn stall_open(&self) {
+        let next = self.accepted();
+        self.faults.send_modify(|f| f.stall_below = next);
     }
 
     pub fn url(&self) -> String {
@@ -117,7 +146,12 @@ impl Drop for Proxy {
     }
 }
 
-async fn connection(client: TcpStream, upstream: u16, mut faults: watch::Receiver<Faults>) {
+async fn connection(
+    client: TcpStream,
+    upstream: u16,
+    mut faults: watch::Receiver<Faults>,
+    seq: u64,
+) {
     let generation = faults.borrow().generation;
     // A blackhole holds new connections: accepted, never read.
     let Ok(_) = faults
@@ -141,8 +175,8 @@ async fn connection(client: TcpStream, upstream: u16, mut faults: watch::Receive
         let (client_read, client_write) = client.split();
         let (server_read, server_write) = server.split();
         tokio::select! {
-            _ = requests(client_read, server_write, faults.clone()) => {}
-            _ = replies(server_read, client_write, faults) => {}
+            _ = requests(client_read, server_write, faults.clone(), seq) => {}
+            _ = replies(server_read, client_write, faults, seq) => {}
             _ = reset.wait_for(|f| f.generation != generation) => {}
         }
     }
@@ -159,6 +193,7 @@ async fn requests(
     mut from: impl AsyncRead + Unpin,
     mut to: impl AsyncWrite + Unpin,
     mut faults: watch::Receiver<Faults>,
+    seq: u64,
 ) {
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let read = async move {
@@ -180,11 +215,7 @@ async fn requests(
     let write = async move {
         let mut last_due = tokio::time::Instant::now();
         while let Some((arrived, args)) = rx.recv().await {
-            let Ok(f) = faults
-                .wait_for(|f| f.blackhole != Blackhole::All)
-                .await
-                .map(|f| f.clone())
-            else {
+            let Ok(f) = faults.wait_for(|f| f.flows(seq)).await.map(|f| f.clone()) else {
                 return;
             };
             if let Some((min, max)) = f.latency {
@@ -215,6 +246,7 @@ async fn replies(
     mut from: impl AsyncRead + Unpin,
     mut to: impl AsyncWrite + Unpin,
     mut faults: watch::Receiver<Faults>,
+    seq: u64,
 ) {
     let mut chunk = [0u8; 4096];
     loop {
@@ -222,11 +254,7 @@ async fn replies(
             Ok(0) | Err(_) => return,
             Ok(n) => n,
         };
-        if faults
-            .wait_for(|f| f.blackhole != Blackhole::All)
-            .await
-            .is_err()
-        {
+        if faults.wait_for(|f| f.flows(seq)).await.is_err() {
             return;
         }
         if to.write_all(&chunk[..n]).await.is_err() {
