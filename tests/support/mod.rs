@@ -37,7 +37,8 @@ impl Cluster {
     }
 
     /// As [`start`](Self::start), with extra `redis-server` arguments
-    /// (`{port}` in one is replaced by the node's port). A node started with
+    /// (`{port}` in one is replaced by the node's port, `{free}` by another
+    /// free port, for example a cluster bus). A node started with
     /// `--requirepass` still answers PING with an error, which is enough.
     pub fn start_with(n: usize, extra: &[&str]) -> Self {
         let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
@@ -231,7 +232,10 @@ fn spawn_server(port: u16, extra: &[String]) -> Child {
         .args(["--save", ""])
         .args(["--appendonly", "no"])
         .args(["--logfile", ""])
-        .args(extra.iter().map(|a| a.replace("{port}", &port.to_string())))
+        .args(extra.iter().map(|a| {
+            a.replace("{port}", &port.to_string())
+                .replace("{free}", &free_port().to_string())
+        }))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
