@@ -207,7 +207,9 @@ impl Builder {
 
     /// Hand out fencing tokens: every lock gets [`Lock::fence`](crate::Lock::fence),
     /// strictly larger than any earlier holder's of the same resource. Each
-    /// acquire then reads a counter (at `<key>:fence`, kept without a TTL)
+    /// acquire then reads a counter (at `quorumlock:fence:{<key>}`, in the
+    /// key's cluster slot and out of reach of resource names, kept without a
+    /// TTL)
     /// from its quorum in the same script as the `SET`, and writes max + 1
     /// back to every node that still holds its key, needing a quorum of
     /// them, before handing the lock out. Any two quorums share a node, so

@@ -113,10 +113,12 @@ impl Redlock {
     /// `quorumlock:released:<key>`), the policy's delay being the fallback.
     ///
     /// # Errors
-    /// [`Error::InvalidInput`] at once for an empty resource or an unusable
-    /// TTL; otherwise the last attempt's error: [`Error::Contended`],
-    /// [`Error::Unavailable`], [`Error::Redis`] or
-    /// [`Error::ValidityExhausted`].
+    /// [`Error::InvalidInput`] at once for an empty or reserved resource or
+    /// an unusable TTL, [`Error::NoRuntime`] outside tokio; at once too,
+    /// without retrying, [`Error::Refused`] when nodes refuse for a reason a
+    /// retry cannot fix (credentials, ACL, replica, key type); otherwise the
+    /// last attempt's error: [`Error::Contended`], [`Error::Unavailable`],
+    /// [`Error::Redis`] or [`Error::ValidityExhausted`].
     ///
     /// # Example
     /// ```no_run
