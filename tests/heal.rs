@@ -11,6 +11,15 @@ use quorumlock::{FailureKind, KeepAlive, Redlock, RetryPolicy};
 use support::proxy::Proxy;
 use support::{connections_received, eventually, subscribers, unique, value};
 
+/// A proxy in front of each of `nodes`.
+async fn in_front_of(cluster: &support::Cluster, nodes: &[usize]) -> Vec<Proxy> {
+    let mut proxies = Vec::with_capacity(nodes.len());
+    for &i in nodes {
+        proxies.push(Proxy::start(cluster.port(i)).await);
+    }
+    proxies
+}
+
 /// Retries `try_acquire` every 5 ms until it wins; the time it took.
 async fn time_to_acquire(redlock: &Redlock, resource: &str, limit: Duration) -> Duration {
     let started = Instant::now();
@@ -29,10 +38,7 @@ async fn hung_connections_on_two_of_three_nodes_are_replaced_within_2s() {
     let Some(cluster) = support::cluster(3) else {
         return;
     };
-    let proxies = [
-        Proxy::start(cluster.port(1)).await,
-        Proxy::start(cluster.port(2)).await,
-    ];
+    let proxies = in_front_of(&cluster, &[1, 2]).await;
     let urls = vec![cluster.url(0), proxies[0].url(), proxies[1].url()];
     let redlock = support::manager(&urls).await;
     time_to_acquire(&redlock, &unique("warm"), Duration::from_secs(2)).await;
@@ -50,11 +56,7 @@ async fn a_waiter_hears_releases_after_its_pubsub_connections_hung() {
     let Some(cluster) = support::cluster(3) else {
         return;
     };
-    let proxies = [
-        Proxy::start(cluster.port(0)).await,
-        Proxy::start(cluster.port(1)).await,
-        Proxy::start(cluster.port(2)).await,
-    ];
+    let proxies = in_front_of(&cluster, &[0, 1, 2]).await;
     let proxied: Vec<String> = proxies.iter().map(Proxy::url).collect();
     let holder = support::manager(&cluster.urls()).await;
     // Its fallback delay is far beyond the test: only a wake-up can help.
@@ -368,11 +370,7 @@ async fn a_cancelled_acquire_leaves_no_subscription_behind() {
     let Some(cluster) = support::cluster(3) else {
         return;
     };
-    let proxies = [
-        Proxy::start(cluster.port(0)).await,
-        Proxy::start(cluster.port(1)).await,
-        Proxy::start(cluster.port(2)).await,
-    ];
+    let proxies = in_front_of(&cluster, &[0, 1, 2]).await;
     let proxied: Vec<String> = proxies.iter().map(Proxy::url).collect();
     let holder = support::manager(&cluster.urls()).await;
     let waiter = support::builder(&proxied)
@@ -419,10 +417,7 @@ async fn keep_alive_holds_through_slow_extensions_while_ownership_is_certain() {
     let Some(cluster) = support::cluster(3) else {
         return;
     };
-    let proxies = [
-        Proxy::start(cluster.port(1)).await,
-        Proxy::start(cluster.port(2)).await,
-    ];
+    let proxies = in_front_of(&cluster, &[1, 2]).await;
     let urls = vec![cluster.url(0), proxies[0].url(), proxies[1].url()];
     let redlock = support::manager(&urls).await;
     let resource = unique("slow-extend");
