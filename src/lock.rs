@@ -179,11 +179,11 @@ impl Shared {
                 Ok(())
             }
             _ if tally.held_elsewhere() => {
-                let source = tally.failures().iter().find_map(|f| f.error().cloned());
+                let source = tally.first_error(|_| true);
                 Err(self.lose(tally.votes(), LossCause::NotOurs, source))
             }
             _ if !in_time => {
-                let source = tally.failures().iter().find_map(|f| f.error().cloned());
+                let source = tally.first_error(|_| true);
                 Err(self.lose(tally.votes(), LossCause::Expired, source))
             }
             // Not confirmed, not refused: the lock stays ours until its
@@ -601,7 +601,7 @@ impl Lock {
         } else if tally.votes() >= tally.quorum() {
             Ok(())
         } else if tally.held_elsewhere() {
-            let source = tally.failures().iter().find_map(|f| f.error().cloned());
+            let source = tally.first_error(|_| true);
             Err(self
                 .shared
                 .lost_error(tally.votes(), LossCause::NotOurs, source))

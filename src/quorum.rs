@@ -172,18 +172,21 @@ impl Tally {
         &self.failures
     }
 
+    /// The first node error among the failures of the kinds `pick` takes.
+    pub(crate) fn first_error(&self, pick: fn(FailureKind) -> bool) -> Option<redis::RedisError> {
+        self.failures
+            .iter()
+            .filter(|f| pick(f.kind()))
+            .find_map(|f| f.error().cloned())
+    }
+
     /// The error for a vote that did not reach quorum: someone else holds
     /// it, nodes refused it for good, answered with a passing error, or
     /// were not heard from, in that order of blame.
     pub(crate) fn error(&self) -> Error {
         let (votes, quorum) = (self.yes, self.quorum);
         let failures = self.failures.clone();
-        let first = |pick: fn(FailureKind) -> bool| {
-            self.failures
-                .iter()
-                .filter(|f| pick(f.kind()))
-                .find_map(|f| f.error().cloned())
-        };
+        let first = |pick| self.first_error(pick);
         if self.held_elsewhere() {
             Error::Contended { votes, quorum }
         } else if self.refused_for_good() {
@@ -194,7 +197,9 @@ impl Tally {
                 failures,
                 source,
             }
-        } else if self.nodes - self.no - self.failures.len() + self.unknown() < quorum {
+        } else if self.yes + self.pending() + self.unknown() < quorum {
+            // Even had every silent node said yes, the error replies cost
+            // the quorum.
             let source = first(|k| k == FailureKind::Other);
             Error::Redis {
                 votes,
@@ -379,6 +384,14 @@ mod tests {
         })
     }
 
+    /// Gathers `calls` from 3 nodes with a 50 ms deadline.
+    async fn gather_50ms(calls: &mut FuturesUnordered<Call>) -> Tally {
+        let mut t = Tally::new(3);
+        let limit = Duration::from_millis(50);
+        gather(calls, &mut t, Instant::now() + limit, limit).await;
+        t
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_slow_node_does_not_delay_a_certain_win() {
         let start = Instant::now();
@@ -389,14 +402,7 @@ mod tests {
         ]
         .into_iter()
         .collect();
-        let mut t = Tally::new(3);
-        gather(
-            &mut calls,
-            &mut t,
-            start + Duration::from_millis(50),
-            Duration::from_millis(50),
-        )
-        .await;
+        let t = gather_50ms(&mut calls).await;
         assert_eq!(t.decision(), Some(Decision::Won));
         assert_eq!(start.elapsed(), Duration::from_millis(2));
         assert_eq!(calls.len(), 1, "the slow call is left for clean-up");
@@ -412,14 +418,7 @@ mod tests {
         ]
         .into_iter()
         .collect();
-        let mut t = Tally::new(3);
-        gather(
-            &mut calls,
-            &mut t,
-            start + Duration::from_millis(50),
-            Duration::from_millis(50),
-        )
-        .await;
+        let t = gather_50ms(&mut calls).await;
         assert_eq!(t.decision(), Some(Decision::Lost));
         assert_eq!(start.elapsed(), Duration::from_millis(50));
         assert_eq!((t.votes(), t.unknown()), (1, 2));
@@ -435,14 +434,7 @@ mod tests {
         ]
         .into_iter()
         .collect();
-        let mut t = Tally::new(3);
-        gather(
-            &mut calls,
-            &mut t,
-            start + Duration::from_millis(50),
-            Duration::from_millis(50),
-        )
-        .await;
+        let t = gather_50ms(&mut calls).await;
         assert_eq!(t.decision(), Some(Decision::Lost));
         assert_eq!(start.elapsed(), Duration::from_millis(2));
         assert_eq!(t.refused(), 2);

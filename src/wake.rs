@@ -131,7 +131,14 @@ impl Wakeups {
             };
             for (node, client) in self.clients.iter().enumerate() {
                 let (tx, rx) = mpsc::unbounded_channel();
-                runtime.spawn(listen(Arc::downgrade(self), node, client.clone(), rx));
+                let limits = (self.connect_timeout, self.health);
+                runtime.spawn(listen(
+                    Arc::downgrade(self),
+                    node,
+                    client.clone(),
+                    limits,
+                    rx,
+                ));
                 listeners.push(tx);
             }
         }
@@ -168,14 +175,13 @@ impl Wakeups {
         }
     }
 
-    fn channels(&self) -> Vec<String> {
-        lock(&self.waiters).by_channel.keys().cloned().collect()
+    /// Someone waits for a release.
+    fn is_watching(&self) -> bool {
+        !lock(&self.waiters).by_channel.is_empty()
     }
 
-    /// Channels with waiters (for tests of clean-up).
-    #[cfg(test)]
-    fn watched(&self) -> usize {
-        lock(&self.waiters).by_channel.len()
+    fn channels(&self) -> Vec<String> {
+        lock(&self.waiters).by_channel.keys().cloned().collect()
     }
 }
 
@@ -224,6 +230,7 @@ async fn listen(
     wakeups: Weak<Wakeups>,
     node: usize,
     client: redis::Client,
+    (connect_timeout, health): (Duration, Duration),
     mut requests: mpsc::UnboundedReceiver<Request>,
 ) {
     let mut backoff = Backoff::default();
@@ -233,13 +240,10 @@ async fn listen(
     let mut retry_in: Option<Duration> = None;
     let mut pending: Option<Request> = None;
     loop {
-        let Some((connect_timeout, health)) =
-            wakeups.upgrade().map(|w| (w.connect_timeout, w.health))
-        else {
+        let Some(watching) = wakeups.upgrade().map(|w| w.is_watching()) else {
             return;
         };
-        let wanted = wakeups.upgrade().map(|w| w.channels()).unwrap_or_default();
-        if wanted.is_empty() && pending.is_none() {
+        if !watching && pending.is_none() {
             // Nobody waits: no connection until someone does.
             match requests.recv().await {
                 Some(request) => pending = Some(request),
@@ -304,8 +308,7 @@ async fn listen(
                     },
                 },
                 _ = ping.tick() => {
-                    let idle = wakeups.upgrade().is_none_or(|w| w.channels().is_empty());
-                    if idle {
+                    if !wakeups.upgrade().is_some_and(|w| w.is_watching()) {
                         continue;
                     }
                     let answered = tokio::time::timeout(health, sink.ping::<redis::Value>()).await;
@@ -355,6 +358,6 @@ mod tests {
             cancelled.is_err(),
             "the subscription cannot have been confirmed"
         );
-        assert_eq!(wakeups.watched(), 0);
+        assert!(!wakeups.is_watching());
     }
 }

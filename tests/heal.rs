@@ -20,6 +20,29 @@ async fn in_front_of(cluster: &support::Cluster, nodes: &[usize]) -> Vec<Proxy> 
     proxies
 }
 
+/// Three nodes, each behind a proxy, and a holder that goes around them.
+struct Proxied {
+    cluster: support::Cluster,
+    proxies: Vec<Proxy>,
+    /// The proxies' addresses.
+    proxied: Vec<String>,
+    /// A manager over the nodes themselves.
+    holder: Redlock,
+}
+
+async fn proxied_trio() -> Option<Proxied> {
+    let cluster = support::cluster(3)?;
+    let proxies = in_front_of(&cluster, &[0, 1, 2]).await;
+    let proxied = proxies.iter().map(Proxy::url).collect();
+    let holder = support::manager(&cluster.urls()).await;
+    Some(Proxied {
+        cluster,
+        proxies,
+        proxied,
+        holder,
+    })
+}
+
 /// Retries `try_acquire` every 5 ms until it wins; the time it took.
 async fn time_to_acquire(redlock: &Redlock, resource: &str, limit: Duration) -> Duration {
     let started = Instant::now();
@@ -53,22 +76,17 @@ async fn hung_connections_on_two_of_three_nodes_are_replaced_within_2s() {
 
 #[tokio::test]
 async fn a_waiter_hears_releases_after_its_pubsub_connections_hung() {
-    let Some(cluster) = support::cluster(3) else {
+    let Some(Proxied {
+        cluster,
+        proxies,
+        proxied,
+        holder,
+    }) = proxied_trio().await
+    else {
         return;
     };
-    let proxies = in_front_of(&cluster, &[0, 1, 2]).await;
-    let proxied: Vec<String> = proxies.iter().map(Proxy::url).collect();
-    let holder = support::manager(&cluster.urls()).await;
     // Its fallback delay is far beyond the test: only a wake-up can help.
-    let waiter = support::builder(&proxied)
-        .retry(
-            RetryPolicy::new()
-                .attempts(100)
-                .delay(Duration::from_secs(30)),
-        )
-        .build()
-        .await
-        .unwrap();
+    let waiter = support::manager_retrying_every(&proxied, Duration::from_secs(30)).await;
     let resource = unique("pubsub-stall");
     let channel = format!("quorumlock:released:{resource}");
     let held = holder
@@ -133,23 +151,7 @@ async fn a_rotated_password_heals_within_1s_without_a_connection_storm() {
         .await
         .unwrap();
     let resource = unique("rotation");
-    let err = redlock
-        .try_acquire(&resource, Duration::from_secs(5))
-        .await
-        .unwrap_err();
-    assert!(
-        err.is_refused() && err.is_invalid() && !err.is_retryable(),
-        "{err:?}"
-    );
-    assert_eq!(err.failures()[0].kind(), FailureKind::Auth, "{err:?}");
-    // Not retried: `acquire` reports it at once instead of burning 10 tries.
-    let started = Instant::now();
-    assert!(redlock
-        .acquire(&resource, Duration::from_secs(5))
-        .await
-        .unwrap_err()
-        .is_refused());
-    assert!(started.elapsed() < Duration::from_millis(90));
+    support::refused_at_once(&redlock, &resource, FailureKind::Auth).await;
 
     // Two seconds of callers hammering a node that refuses the password.
     let before = connections_received(&admin).await;
@@ -318,16 +320,7 @@ async fn denied_pubsub_neither_breaks_release_nor_storms_the_node() {
     // Redis 7 gives new users `resetchannels`: no PUBLISH, no SUBSCRIBE.
     support::admin(&url, &["ACL", "SETUSER", "app", "on", ">pw", "~*", "+@all"]).await;
     let user = format!("redis://app:pw@127.0.0.1:{}", cluster.port(0));
-    let redlock = Redlock::builder()
-        .nodes([user.as_str()])
-        .retry(
-            RetryPolicy::new()
-                .attempts(1000)
-                .delay(Duration::from_millis(300)),
-        )
-        .build()
-        .await
-        .unwrap();
+    let redlock = support::manager_retrying_every(&[user], Duration::from_millis(300)).await;
     let keys = [unique("x"), unique("y"), unique("z")];
     let names: Vec<&str> = keys.iter().map(String::as_str).collect();
     let lock = redlock
@@ -367,12 +360,15 @@ async fn denied_pubsub_neither_breaks_release_nor_storms_the_node() {
 
 #[tokio::test]
 async fn a_cancelled_acquire_leaves_no_subscription_behind() {
-    let Some(cluster) = support::cluster(3) else {
+    let Some(Proxied {
+        cluster,
+        proxies,
+        proxied,
+        holder,
+    }) = proxied_trio().await
+    else {
         return;
     };
-    let proxies = in_front_of(&cluster, &[0, 1, 2]).await;
-    let proxied: Vec<String> = proxies.iter().map(Proxy::url).collect();
-    let holder = support::manager(&cluster.urls()).await;
     let waiter = support::builder(&proxied)
         .node_timeout(Duration::from_millis(200))
         .build()

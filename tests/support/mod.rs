@@ -464,3 +464,48 @@ pub async fn admin(url: &str, args: &[&str]) {
     }
     let _: redis::Value = cmd.query_async(&mut c).await.unwrap();
 }
+
+/// Asserts that nodes refuse a lock on `resource` for a reason a retry
+/// cannot fix (`kind` on the first failing node), and that `acquire`
+/// reports it at once instead of spending its retries (100 ms apart by
+/// default) on it.
+pub async fn refused_at_once(
+    redlock: &quorumlock::Redlock,
+    resource: &str,
+    kind: quorumlock::FailureKind,
+) {
+    let err = redlock
+        .try_acquire(resource, Duration::from_secs(5))
+        .await
+        .unwrap_err();
+    assert!(
+        err.is_refused() && err.is_invalid() && !err.is_retryable() && !err.is_contended(),
+        "{err:?}"
+    );
+    assert_eq!(err.failures()[0].kind(), kind, "{err:?}");
+    let started = Instant::now();
+    let err = redlock
+        .acquire(resource, Duration::from_secs(5))
+        .await
+        .unwrap_err();
+    assert!(err.is_refused(), "{err:?}");
+    assert!(
+        started.elapsed() < Duration::from_millis(90),
+        "acquire retried: {:?}",
+        started.elapsed()
+    );
+}
+
+/// A manager over `urls` whose retries wait `delay` (plus the default
+/// jitter), for tests where only a wake-up may beat that delay.
+pub async fn manager_retrying_every(urls: &[String], delay: Duration) -> quorumlock::Redlock {
+    builder(urls)
+        .retry(
+            quorumlock::RetryPolicy::new()
+                .attempts(u32::MAX)
+                .delay(delay),
+        )
+        .build()
+        .await
+        .unwrap()
+}
