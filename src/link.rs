@@ -74,6 +74,7 @@ impl Conn {
 /// Marks a call in flight on a connection until it is answered or dropped.
 pub(crate) struct Call {
     conn: Arc<Conn>,
+    sent: Instant,
 }
 
 impl Call {
@@ -88,6 +89,7 @@ impl Call {
 
     /// The call got a reply (an answer or an error reply from the server).
     pub(crate) fn answered(self, link: &Link) {
+        link.pace.note(self.sent.elapsed());
         self.conn.progress.store(clock(), Ordering::Release);
         if !self.conn.served.swap(true, Ordering::AcqRel) {
             link.state().backoff.reset();
@@ -121,6 +123,7 @@ pub(crate) struct Link {
     servers: Arc<Servers>,
     state: Mutex<State>,
     changed: Notify,
+    pace: Pace,
 }
 
 impl Link {
@@ -152,7 +155,14 @@ impl Link {
                 last_error: None,
             }),
             changed: Notify::new(),
+            pace: Pace::default(),
         }
+    }
+
+    /// How long this node usually takes to answer: a moving average of its
+    /// recent replies, raised at once by a call that got none in time.
+    pub(crate) fn usual_latency(&self) -> Duration {
+        self.pace.usual()
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
@@ -175,7 +185,10 @@ impl Link {
                         if conn.in_flight.fetch_add(1, Ordering::AcqRel) == 0 {
                             conn.progress.store(clock(), Ordering::Release);
                         }
-                        return Ok(Call { conn });
+                        return Ok(Call {
+                            conn,
+                            sent: Instant::now(),
+                        });
                     }
                     self.replace(&mut s);
                 }
@@ -218,7 +231,8 @@ impl Link {
     /// connection then stays silent past the health limit, it is replaced
     /// even if no other call comes to notice: the next attempt finds a
     /// working connection instead of waiting on the dead one again.
-    pub(crate) fn suspect(self: &Arc<Self>) {
+    pub(crate) fn suspect(self: &Arc<Self>, waited: Duration) {
+        self.pace.late(waited);
         let Some(conn) = self.state().current.clone() else {
             return;
         };
@@ -317,6 +331,44 @@ impl Link {
     }
 }
 
+/// A node's usual reply time, in microseconds: an exponentially weighted
+/// moving average (each reply counts for a quarter). Samples are capped, so
+/// the backlog a thawed node answers all at once is forgotten after a few
+/// ordinary replies.
+#[derive(Default)]
+struct Pace(AtomicU64);
+
+impl Pace {
+    /// No sample counts for more than this.
+    const CAP_US: u64 = 1_000_000;
+
+    fn note(&self, took: Duration) {
+        let sample = u64::try_from(took.as_micros())
+            .unwrap_or(u64::MAX)
+            .min(Self::CAP_US);
+        // Racing updates may lose a sample; an estimate does not mind.
+        let old = self.0.load(Ordering::Relaxed);
+        let new = if sample >= old {
+            old + (sample - old) / 4
+        } else {
+            old - (old - sample) / 4
+        };
+        self.0.store(new, Ordering::Relaxed);
+    }
+
+    /// No reply within `waited`: the node is at least that slow now.
+    fn late(&self, waited: Duration) {
+        let waited = u64::try_from(waited.as_micros())
+            .unwrap_or(u64::MAX)
+            .min(Self::CAP_US);
+        self.0.fetch_max(waited, Ordering::Relaxed);
+    }
+
+    fn usual(&self) -> Duration {
+        Duration::from_micros(self.0.load(Ordering::Relaxed))
+    }
+}
+
 /// What `INFO server` tells about a server.
 struct ServerInfo {
     run_id: Option<String>,
@@ -370,6 +422,33 @@ fn clock() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pace_follows_replies_and_jumps_on_a_timeout() {
+        let pace = Pace::default();
+        for _ in 0..40 {
+            pace.note(Duration::from_micros(400));
+        }
+        assert!(
+            pace.usual() > Duration::from_micros(390),
+            "{:?}",
+            pace.usual()
+        );
+        pace.late(Duration::from_millis(30));
+        assert_eq!(pace.usual(), Duration::from_millis(30));
+        // A thawed node's backlog: one huge sample, capped.
+        pace.note(Duration::from_secs(60));
+        assert!(pace.usual() <= Duration::from_secs(1));
+        // Ordinary replies bring it back within a few dozen calls.
+        for _ in 0..30 {
+            pace.note(Duration::from_micros(400));
+        }
+        assert!(
+            pace.usual() < Duration::from_millis(1),
+            "{:?}",
+            pace.usual()
+        );
+    }
 
     #[test]
     fn a_run_id_seen_twice_is_the_same_server() {

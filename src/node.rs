@@ -5,6 +5,7 @@
 //! are told apart from passing ones.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use redis::{
     ErrorKind, FromRedisValue, RedisError, Script, ScriptInvocation, ServerErrorKind, Value,
@@ -63,10 +64,15 @@ impl Node {
         }
     }
 
-    /// A call got no reply in time: watch the connection (see
+    /// A call got no reply within `waited`: watch the connection (see
     /// [`Link::suspect`]).
-    pub(crate) fn timed_out(&self) {
-        self.link.suspect();
+    pub(crate) fn timed_out(&self, waited: Duration) {
+        self.link.suspect(waited);
+    }
+
+    /// How long this node usually takes to answer.
+    pub(crate) fn usual_latency(&self) -> Duration {
+        self.link.usual_latency()
     }
 
     /// Opens the connection now, so the first lock does not pay for it; the

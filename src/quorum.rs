@@ -75,6 +75,9 @@ pub(crate) struct Tally {
     heard: u64,
     /// The nodes that did not vote, in the order they failed.
     failures: Vec<NodeFailure>,
+    /// The vote was split between contenders and left undecided, without
+    /// waiting for nodes too slow to settle it (see [`split_wait`]).
+    abandoned: bool,
 }
 
 impl Tally {
@@ -86,7 +89,30 @@ impl Tally {
             no: 0,
             heard: 0,
             failures: Vec::new(),
+            abandoned: false,
         }
+    }
+
+    /// Still undecided, and another client already has a vote: only the
+    /// silent nodes can settle it.
+    pub(crate) fn split(&self) -> bool {
+        self.no > 0 && self.decision().is_none()
+    }
+
+    /// The attempt held a vote and lost it to contenders: nobody may hold
+    /// the lock now, so a retry soon may win it.
+    pub(crate) fn contested(&self) -> bool {
+        self.yes > 0 && self.no > 0 && self.decision() != Some(Decision::Won)
+    }
+
+    /// The nodes not heard from yet.
+    fn silent(&self) -> impl Iterator<Item = usize> + '_ {
+        (0..self.nodes).filter(move |&i| self.heard & (1u64 << i) == 0)
+    }
+
+    /// The split vote was left undecided rather than waited out.
+    pub(crate) fn abandoned(&self) -> bool {
+        self.abandoned
     }
 
     pub(crate) fn record(&mut self, node: usize, reply: Reply) {
@@ -187,7 +213,7 @@ impl Tally {
         let (votes, quorum) = (self.yes, self.quorum);
         let failures = self.failures.clone();
         let first = |pick| self.first_error(pick);
-        if self.held_elsewhere() {
+        if self.held_elsewhere() || self.abandoned {
             Error::Contended { votes, quorum }
         } else if self.refused_for_good() {
             let source = first(FailureKind::is_permanent);
@@ -226,31 +252,89 @@ pub(crate) fn deadline_in(after: Duration) -> Instant {
         .unwrap_or_else(|| now + Duration::from_secs(86_400 * 365 * 30))
 }
 
+/// Slack on a node's usual reply time before a split vote stops waiting
+/// for it: scheduling noise on a busy client.
+const SPLIT_SLACK: Duration = Duration::from_millis(1);
+
+/// How long a split vote (see [`Tally::split`]) may still wait: until the
+/// silent nodes that can answer before `deadline` usually have (twice
+/// their usual reply time after `start`, plus [`SPLIT_SLACK`]), or `None`
+/// to stop now when those nodes cannot make a quorum. A node known to be
+/// sick (slow, frozen, unreachable) is not waited for: under contention the
+/// keys it sets late vote "no" for everyone anyway, while the contenders'
+/// keys on the healthy nodes block every other client until they give up.
+pub(crate) fn split_wait(
+    tally: &Tally,
+    usual: impl Fn(usize) -> Duration,
+    start: Instant,
+    deadline: Instant,
+) -> Option<Instant> {
+    let mut hopeful = 0;
+    let mut until = start;
+    for node in tally.silent() {
+        let usual = usual(node);
+        let expected = start
+            .checked_add(usual.saturating_mul(2).saturating_add(SPLIT_SLACK))
+            .filter(|at| *at <= deadline);
+        if let Some(at) = expected {
+            hopeful += 1;
+            until = until.max(at);
+        }
+    }
+    (tally.votes() + hopeful >= tally.quorum()).then_some(until)
+}
+
 /// Feeds replies into `tally` until the decision is certain, the stream
 /// ends, or `deadline` passes; then counts the silent nodes as timed out
 /// after `waited` (the limit the deadline stands for, for the report).
-/// Replies not yet read stay in `replies` for the caller to finish.
+/// With `usual` (each node's usual reply time; acquire only), a split vote
+/// waits no longer than [`split_wait`] allows. Replies not yet read stay
+/// in `replies` for the caller to finish.
 pub(crate) async fn gather<S>(
     replies: &mut S,
     tally: &mut Tally,
-    deadline: Instant,
+    (start, deadline): (Instant, Instant),
     waited: Duration,
+    usual: Option<&(dyn Fn(usize) -> Duration + Sync)>,
 ) where
     S: Stream<Item = (usize, Reply)> + Unpin,
 {
     let timer = tokio::time::sleep_until(deadline);
     tokio::pin!(timer);
+    let mut cut_short = false;
     while tally.decision().is_none() {
         tokio::select! {
             biased;
             reply = replies.next() => match reply {
-                Some((node, reply)) => tally.record(node, reply),
+                Some((node, reply)) => {
+                    tally.record(node, reply);
+                    if let Some(usual) = usual.filter(|_| tally.split()) {
+                        match split_wait(tally, usual, start, deadline) {
+                            None => {
+                                tally.abandoned = true;
+                                break;
+                            }
+                            Some(until) if until < deadline => {
+                                timer.as_mut().reset(until);
+                                cut_short = true;
+                            }
+                            Some(_) => {}
+                        }
+                    }
+                }
                 None => break,
             },
-            () = &mut timer => break,
+            () = &mut timer => {
+                tally.abandoned = cut_short;
+                break;
+            }
         }
     }
-    tally.close(waited);
+    if tally.abandoned {
+        tally.close(start.elapsed());
+    } else {
+        tally.close(waited);
+    }
 }
 
 #[cfg(test)]
@@ -388,8 +472,100 @@ mod tests {
     async fn gather_50ms(calls: &mut FuturesUnordered<Call>) -> Tally {
         let mut t = Tally::new(3);
         let limit = Duration::from_millis(50);
-        gather(calls, &mut t, Instant::now() + limit, limit).await;
+        let now = Instant::now();
+        gather(calls, &mut t, (now, now + limit), limit, None).await;
         t
+    }
+
+    /// As [`gather_50ms`] for an acquire, nodes usually answering in
+    /// `usual`.
+    async fn gather_acquire(calls: &mut FuturesUnordered<Call>, usual: [u64; 3]) -> Tally {
+        let mut t = Tally::new(3);
+        let limit = Duration::from_millis(50);
+        let usual = usual.map(Duration::from_millis);
+        let now = Instant::now();
+        let usual = |node: usize| usual[node];
+        gather(calls, &mut t, (now, now + limit), limit, Some(&usual)).await;
+        t
+    }
+
+    fn calls(replies: [(u64, Reply); 3]) -> FuturesUnordered<Call> {
+        replies
+            .into_iter()
+            .enumerate()
+            .map(|(node, (ms, reply))| after(node, ms, reply))
+            .collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_split_vote_does_not_wait_for_a_sick_node() {
+        let start = Instant::now();
+        // Node 2 usually takes 40 ms: it cannot answer within the deadline
+        // (50 ms) in time to count, so the split is given up at once.
+        let mut c = calls([(1, Reply::Yes), (2, Reply::No), (45, Reply::Yes)]);
+        let t = gather_acquire(&mut c, [0, 0, 40]).await;
+        assert_eq!(start.elapsed(), Duration::from_millis(2));
+        assert_eq!(t.decision(), Some(Decision::Lost));
+        assert!(t.abandoned() && t.contested());
+        assert!(t.error().is_contended(), "{}", t.error());
+        assert_eq!(c.len(), 1, "the late SET is left for clean-up");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_split_vote_waits_for_a_healthy_node_as_long_as_it_usually_takes() {
+        // Node 2 usually answers in 3 ms: waited for, it settles the split.
+        let start = Instant::now();
+        let mut c = calls([(1, Reply::Yes), (2, Reply::No), (4, Reply::Yes)]);
+        let t = gather_acquire(&mut c, [0, 0, 3]).await;
+        assert_eq!(t.decision(), Some(Decision::Won));
+        assert_eq!(start.elapsed(), Duration::from_millis(4));
+        // Today it is late: given up at 2 x 3 ms + 1 ms, not at 50 ms.
+        let start = Instant::now();
+        let mut c = calls([(1, Reply::Yes), (2, Reply::No), (30, Reply::Yes)]);
+        let t = gather_acquire(&mut c, [0, 0, 3]).await;
+        assert_eq!(start.elapsed(), Duration::from_millis(7));
+        assert!(t.abandoned() && t.error().is_contended());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn without_contention_a_sick_node_is_waited_for_to_the_deadline() {
+        // No other client has a vote: the sick node is the only hope.
+        let start = Instant::now();
+        let mut c = calls([
+            (1, Reply::Yes),
+            (2, fail(FailureKind::Unreachable)),
+            (45, Reply::Yes),
+        ]);
+        let t = gather_acquire(&mut c, [0, 0, 40]).await;
+        assert_eq!(t.decision(), Some(Decision::Won));
+        assert_eq!(start.elapsed(), Duration::from_millis(45));
+        assert!(!t.abandoned());
+    }
+
+    #[test]
+    fn split_wait_counts_only_nodes_that_can_answer_in_time() {
+        let start = Instant::now();
+        let deadline = start + Duration::from_millis(50);
+        let mut t = Tally::new(5);
+        t.record(0, Reply::Yes);
+        t.record(1, Reply::No);
+        t.record(2, Reply::Yes);
+        let usual = |ms: [u64; 5]| move |node: usize| Duration::from_millis(ms[node]);
+        // Nodes 3 and 4 healthy: wait for the slower, 2 x 4 ms + 1 ms.
+        assert_eq!(
+            split_wait(&t, usual([0, 0, 0, 2, 4]), start, deadline),
+            Some(start + Duration::from_millis(9))
+        );
+        // One of them sick: the other alone can still make the quorum.
+        assert_eq!(
+            split_wait(&t, usual([0, 0, 0, 2, 40]), start, deadline),
+            Some(start + Duration::from_millis(5))
+        );
+        // Both sick: nothing to wait for.
+        assert_eq!(
+            split_wait(&t, usual([0, 0, 0, 30, 40]), start, deadline),
+            None
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -208,6 +208,8 @@ impl Redlock {
         // of any of its keys.
         let mut watch: Option<Watch> = None;
         let mut attempt_no = 1;
+        // Contested attempts in a row (see `Failed::contested`).
+        let mut contests = 0;
         loop {
             // Armed before the attempt, so a release racing it is not missed.
             let notify = watch.as_ref().map(Watch::notify);
@@ -223,7 +225,17 @@ impl Redlock {
             if !err.is_retryable() || attempt_no >= policy.max_attempts() {
                 return Err(err);
             }
-            let wait = policy.backoff();
+            let mut wait = policy.backoff();
+            if failed.contested {
+                // Nobody may hold it now, and no release will be announced:
+                // retry soon, at a random point of a window that doubles
+                // with each contest in a row, so the contenders spread out
+                // instead of splitting the votes again.
+                contests += 1;
+                wait = wait.min(contest_backoff(contests));
+            } else {
+                contests = 0;
+            }
             if let Some(limit) = policy.limit() {
                 if started.elapsed().saturating_add(wait) >= limit {
                     return Err(err);
@@ -406,11 +418,32 @@ impl Inner {
     where
         S: futures::Stream<Item = (usize, Reply)> + Unpin,
     {
+        self.gather_votes(calls, (Instant::now(), deadline), waited, false)
+            .await
+    }
+
+    /// As [`gather`](Self::gather); for an acquire (`contest`), a split vote
+    /// does not wait for nodes too slow to settle it (see
+    /// [`quorum::split_wait`]).
+    async fn gather_votes<S>(
+        &self,
+        calls: &mut S,
+        (start, deadline): (Instant, Instant),
+        waited: Duration,
+        contest: bool,
+    ) -> Tally
+    where
+        S: futures::Stream<Item = (usize, Reply)> + Unpin,
+    {
         let mut tally = Tally::new(self.nodes.len());
-        quorum::gather(calls, &mut tally, deadline, waited).await;
-        for failure in tally.failures() {
-            if let FailureKind::TimedOut(_) = failure.kind() {
-                self.nodes[failure.node()].timed_out();
+        let usual = |node: usize| self.nodes[node].usual_latency();
+        let usual: Option<&(dyn Fn(usize) -> Duration + Sync)> = contest.then_some(&usual);
+        quorum::gather(calls, &mut tally, (start, deadline), waited, usual).await;
+        if !tally.abandoned() {
+            for failure in tally.failures() {
+                if let FailureKind::TimedOut(waited) = failure.kind() {
+                    self.nodes[failure.node()].timed_out(waited);
+                }
             }
         }
         tally
@@ -453,6 +486,9 @@ impl Inner {
 pub(crate) struct Failed {
     pub(crate) error: Error,
     pub(crate) seen_held: bool,
+    /// We held a vote, and so did another client: nobody may hold the lock
+    /// now (see [`Tally::contested`]).
+    pub(crate) contested: bool,
 }
 
 impl From<Error> for Failed {
@@ -460,6 +496,7 @@ impl From<Error> for Failed {
         Self {
             error,
             seen_held: false,
+            contested: false,
         }
     }
 }
@@ -535,7 +572,12 @@ async fn attempt_in_span(inner: &Arc<Inner>, keys: Keys, plan: Plan) -> Result<L
         }
     });
     let tally = inner
-        .gather(&mut calls, start + plan.node_deadline, plan.node_deadline)
+        .gather_votes(
+            &mut calls,
+            (start, start + plan.node_deadline),
+            plan.node_deadline,
+            true,
+        )
         .await;
     // The largest counter among the voters, plus one, made durable on a
     // quorum before the lock is handed out.
@@ -600,6 +642,7 @@ async fn attempt_in_span(inner: &Arc<Inner>, keys: Keys, plan: Plan) -> Result<L
     Err(Failed {
         error,
         seen_held: tally.refused() > 0,
+        contested: tally.contested(),
     })
 }
 
@@ -655,6 +698,13 @@ impl Drop for AttemptGuard {
             .run(None);
         }
     }
+}
+
+/// A random wait within 2, 4, 8, ... ms after `contests` contested
+/// attempts in a row.
+fn contest_backoff(contests: u32) -> Duration {
+    let window_us = 1_000u64 << contests.clamp(1, 10);
+    Duration::from_micros(rand::random_range(0..window_us))
 }
 
 /// Up to 100 µs: other managers woken by the same release start a little

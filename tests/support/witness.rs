@@ -10,10 +10,22 @@ use std::time::{Duration, Instant};
 
 use quorumlock::{Redlock, RetryPolicy};
 
+/// How a client asks for the lock.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Style {
+    /// One `try_acquire`, then the client's own random back-off
+    /// ([`Load::backoff`]) after a failure.
+    TryLoop,
+    /// `acquire` with the default retry policy (wake-ups on release),
+    /// attempts unlimited, bounded by the run's end.
+    Acquire,
+}
+
 /// What the clients do.
 #[derive(Clone)]
 pub struct Load {
     pub clients: usize,
+    pub style: Style,
     pub resources: Vec<String>,
     pub ttl: Duration,
     /// Time spent holding each lock.
@@ -33,6 +45,7 @@ impl Load {
     pub fn new(resources: &[String], duration: Duration) -> Self {
         Self {
             clients: 8,
+            style: Style::TryLoop,
             resources: resources.to_vec(),
             ttl: Duration::from_secs(1),
             hold: Duration::from_millis(2),
@@ -59,6 +72,8 @@ pub struct Report {
     pub max_latency: Duration,
     /// Longest time any resource had no holder while clients were trying.
     pub longest_gap: Duration,
+    /// When that stretch began, from the start of the run.
+    pub longest_gap_at: Duration,
     pub elapsed: Duration,
     /// The last error other than contention, with its source.
     pub last_error: Option<String>,
@@ -74,12 +89,13 @@ impl std::fmt::Display for Report {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{} acquisitions ({:.0}/s), {} violations, longest no-holder gap {:?}, \
+            "{} acquisitions ({:.0}/s), {} violations, longest no-holder gap {:?} (at {:?}), \
              errors: {} contended / {} unavailable / {} other, {} hung, latency p50 {:?} p99 {:?} max {:?}",
             self.acquisitions,
             self.rate(),
             self.violations,
             self.longest_gap,
+            self.longest_gap_at,
             self.contended,
             self.unavailable,
             self.other_errors,
@@ -109,22 +125,26 @@ struct Record {
 /// Runs `load` against `urls` and judges it.
 pub async fn run(urls: &[String], load: &Load) -> Report {
     let record = Arc::new(Mutex::new(Record::default()));
+    let retry = match load.style {
+        Style::TryLoop => RetryPolicy::none(),
+        Style::Acquire => RetryPolicy::new().attempts(u32::MAX),
+    };
+    // Every client's manager first: the run measures locking, not start-up.
+    let managers = futures::future::join_all((0..load.clients).map(|_| {
+        Redlock::builder()
+            .nodes(urls.iter().map(String::as_str))
+            .node_timeout(load.node_timeout)
+            .drift(load.drift_factor, Duration::from_millis(2))
+            .retry(retry.clone())
+            .build()
+    }))
+    .await;
     let start = Instant::now();
     let end = start + load.duration;
     let mut tasks = Vec::new();
-    for _ in 0..load.clients {
-        let (urls, load, record) = (urls.to_vec(), load.clone(), record.clone());
-        tasks.push(tokio::spawn(async move {
-            let redlock = Redlock::builder()
-                .nodes(urls.iter().map(String::as_str))
-                .node_timeout(load.node_timeout)
-                .drift(load.drift_factor, Duration::from_millis(2))
-                .retry(RetryPolicy::none())
-                .build()
-                .await
-                .unwrap();
-            client(redlock, load, record, end).await;
-        }));
+    for redlock in managers {
+        let (redlock, load, record) = (redlock.unwrap(), load.clone(), record.clone());
+        tasks.push(tokio::spawn(client(redlock, load, record, end)));
     }
     for t in tasks {
         t.await.unwrap();
@@ -139,8 +159,21 @@ async fn client(redlock: Redlock, load: Load, record: Arc<Mutex<Record>>, end: I
     while Instant::now() < end {
         let resource = &load.resources[rand::random_range(0..load.resources.len())];
         let asked = Instant::now();
-        match tokio::time::timeout(HANG, redlock.try_acquire(resource, load.ttl)).await {
-            Ok(Ok(lock)) => {
+        let attempt = async {
+            match load.style {
+                Style::TryLoop => Some(redlock.try_acquire(resource, load.ttl).await),
+                // Cancelled (and so cleaned up) when the run ends.
+                Style::Acquire => {
+                    let left = end.saturating_duration_since(Instant::now());
+                    tokio::time::timeout(left, redlock.acquire(resource, load.ttl))
+                        .await
+                        .ok()
+                }
+            }
+        };
+        match tokio::time::timeout(HANG, attempt).await {
+            Ok(None) => break,
+            Ok(Some(Ok(lock))) => {
                 let acquired = Instant::now();
                 tokio::time::sleep(load.hold).await;
                 let until = Instant::now().min(lock.deadline());
@@ -156,7 +189,7 @@ async fn client(redlock: Redlock, load: Load, record: Arc<Mutex<Record>>, end: I
                     record.lock().unwrap().hung += 1;
                 }
             }
-            Ok(Err(e)) => {
+            Ok(Some(Err(e))) => {
                 {
                     let mut r = record.lock().unwrap();
                     if e.is_contended() {
@@ -172,6 +205,9 @@ async fn client(redlock: Redlock, load: Load, record: Arc<Mutex<Record>>, end: I
                             .unwrap_or_default();
                         r.last_error = Some(format!("{e}{source}"));
                     }
+                }
+                if load.style == Style::Acquire {
+                    continue;
                 }
                 let (min, max) = load.backoff;
                 let jitter = rand::random_range(0..=(max - min).as_micros() as u64);
@@ -194,9 +230,12 @@ fn judge(mut record: Record, start: Instant, end: Instant, elapsed: Duration) ->
     };
     for windows in record.windows.values_mut() {
         report.acquisitions += windows.len();
-        let (violations, gap) = scan(windows, start, end);
+        let (violations, (gap, at)) = scan(windows, start, end);
         report.violations += violations;
-        report.longest_gap = report.longest_gap.max(gap);
+        if gap > report.longest_gap {
+            report.longest_gap = gap;
+            report.longest_gap_at = at - start;
+        }
     }
     if record.windows.is_empty() {
         report.longest_gap = elapsed;
@@ -228,11 +267,15 @@ pub fn overlaps(windows: &mut [(Instant, Instant)]) -> usize {
     scan(windows, start, start).0
 }
 
-/// Sorts `windows` and returns (violations, longest stretch without a
-/// holder between `start` and `end`).
-fn scan(windows: &mut [(Instant, Instant)], start: Instant, end: Instant) -> (usize, Duration) {
+/// Sorts `windows` and returns (violations, (longest stretch without a
+/// holder between `start` and `end`, when it began)).
+fn scan(
+    windows: &mut [(Instant, Instant)],
+    start: Instant,
+    end: Instant,
+) -> (usize, (Duration, Instant)) {
     windows.sort();
-    let (mut violations, mut gap) = (0, Duration::ZERO);
+    let (mut violations, mut gap) = (0, (Duration::ZERO, start));
     let mut covered_until = start;
     for &(from, until) in windows.iter() {
         if from < covered_until {
@@ -245,13 +288,14 @@ fn scan(windows: &mut [(Instant, Instant)], start: Instant, end: Instant) -> (us
                     covered_until - start
                 );
             }
-        } else {
-            gap = gap.max(from - covered_until);
+        } else if from - covered_until > gap.0 {
+            gap = (from - covered_until, covered_until);
         }
         covered_until = covered_until.max(until);
     }
-    (
-        violations,
-        gap.max(end.saturating_duration_since(covered_until)),
-    )
+    let tail = end.saturating_duration_since(covered_until);
+    if tail > gap.0 {
+        gap = (tail, covered_until);
+    }
+    (violations, gap)
 }
