@@ -210,12 +210,21 @@ async fn throughput(urls: &[String], run: Duration, which: &str) -> (f64, f64) {
     (floor, library)
 }
 
-/// Scenario 3: 8 tasks contend for one key, holding it ~1 ms. Returns
-/// (acquisitions/s, handoff gap p50 µs) for the floor's 1 ms poll loop and
-/// for the library's `acquire`.
-async fn contended(urls: &[String], run: Duration) -> ((f64, f64), (f64, f64)) {
+/// Figures of one contended run.
+struct Contended {
+    /// Acquisitions per second, all tasks together.
+    rate: f64,
+    /// Handoff gap p50, µs.
+    gap: f64,
+    /// Acquisitions of the least-served task over the most-served one's.
+    fairness: f64,
+}
+
+/// Scenario 3: 8 tasks contend for one key, holding it ~1 ms, for the
+/// floor's 1 ms poll loop and for the library's `acquire`.
+async fn contended(urls: &[String], run: Duration) -> (Contended, Contended) {
     // Nanoseconds since `origin` of the last release, for handoff gaps.
-    async fn measure<F, Fut>(run: Duration, cycle: F) -> (f64, f64)
+    async fn measure<F, Fut>(run: Duration, cycle: F) -> Contended
     where
         F: Fn(Arc<AtomicU64>, Instant, Arc<Mutex<Vec<Duration>>>) -> Fut,
         Fut: std::future::Future<Output = usize> + Send + 'static,
@@ -226,14 +235,27 @@ async fn contended(urls: &[String], run: Duration) -> ((f64, f64), (f64, f64)) {
         let tasks: Vec<_> = (0..8)
             .map(|_| tokio::spawn(cycle(released.clone(), origin, gaps.clone())))
             .collect();
-        let total: usize = join_all(tasks).await.into_iter().map(Result::unwrap).sum();
+        let counts: Vec<usize> = join_all(tasks)
+            .await
+            .into_iter()
+            .map(Result::unwrap)
+            .collect();
+        let total: usize = counts.iter().sum();
+        let (least, most) = (
+            counts.iter().min().copied().unwrap_or(0),
+            counts.iter().max().copied().unwrap_or(0),
+        );
         let gaps = std::mem::take(&mut *gaps.lock().unwrap());
         let (p50, _) = if gaps.is_empty() {
             (f64::NAN, f64::NAN)
         } else {
             p50_p99(gaps)
         };
-        (total as f64 / run.as_secs_f64(), p50)
+        Contended {
+            rate: total as f64 / run.as_secs_f64(),
+            gap: p50,
+            fairness: least as f64 / most.max(1) as f64,
+        }
     }
     fn gap(released: &AtomicU64, origin: Instant, gaps: &Mutex<Vec<Duration>>) {
         let at = released.load(Ordering::SeqCst);
@@ -358,7 +380,8 @@ fn us(v: f64) -> String {
 async fn main() {
     // `cargo bench` passes `--bench`; anything else is ignored.
     let quick = std::env::var_os("BENCH_QUICK").is_some();
-    // BENCH_ONLY=floor|library|both runs scenario 2 alone (for profiling).
+    // BENCH_ONLY=floor|library|both runs scenario 2 alone (for profiling);
+    // BENCH_ONLY=contended runs scenario 3 alone.
     let only = std::env::var("BENCH_ONLY").ok();
     let iterations = if quick { 50 } else { 3000 };
     let run = if quick {
@@ -404,6 +427,16 @@ async fn main() {
         if n != 3 {
             continue;
         }
+        if only.as_deref() == Some("contended") {
+            let (f, l) = contended(&urls, run).await;
+            for (who, c) in [("floor", f), ("quorumlock", l)] {
+                println!(
+                    "8 tasks, one key, {who}: {:.0}/s, handoff p50 {:.0} µs, fairness {:.2}",
+                    c.rate, c.gap, c.fairness
+                );
+            }
+            return;
+        }
         if let Some(which) = only.as_deref() {
             let (f, l) = throughput(&urls, run * 3, which).await;
             println!("64-task throughput, {which}: floor {f:.0}/s, quorumlock {l:.0}/s");
@@ -416,18 +449,24 @@ async fn main() {
             format!("{l:.0}/s"),
             format!("{:.2}x", l / f),
         );
-        let ((fr, fg), (lr, lg)) = contended(&urls, run).await;
+        let (f, l) = contended(&urls, run).await;
         table.row(
             "N=3 (3) 8 tasks, one key, acquisitions/s",
-            format!("{fr:.0}/s"),
-            format!("{lr:.0}/s"),
-            format!("{:.2}x", lr / fr),
+            format!("{:.0}/s", f.rate),
+            format!("{:.0}/s", l.rate),
+            format!("{:.2}x", l.rate / f.rate),
         );
         table.row(
             "N=3 (3) handoff gap p50",
-            us(fg),
-            us(lg),
-            format!("{:.2}x", lg / fg),
+            us(f.gap),
+            us(l.gap),
+            format!("{:.2}x", l.gap / f.gap),
+        );
+        table.row(
+            "N=3 (3) fairness: least / most served task",
+            format!("{:.2}", f.fairness),
+            format!("{:.2}", l.fairness),
+            format!("{:.2}x", l.fairness / f.fairness),
         );
         let base = la;
 

@@ -91,6 +91,10 @@ impl RetryPolicy {
         self
     }
 
+    pub(crate) fn fixed_delay(&self) -> Duration {
+        self.delay
+    }
+
     pub(crate) fn max_attempts(&self) -> u32 {
         self.attempts
     }

@@ -147,6 +147,14 @@ where
     (!calls.is_empty()).then(|| Box::pin(calls) as InFlight)
 }
 
+/// Both sets of calls still running, as one.
+pub(crate) fn merge(a: Option<InFlight>, b: Option<InFlight>) -> Option<InFlight> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(Box::pin(futures::stream::select(a, b))),
+        (a, b) => a.or(b),
+    }
+}
+
 /// Feeds every reply already available to `on`; drops the stream once done.
 fn drain(stream: &mut Option<InFlight>, mut on: impl FnMut((usize, Reply))) {
     let Some(s) = stream.as_mut() else { return };

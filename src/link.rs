@@ -159,10 +159,19 @@ impl Link {
         }
     }
 
-    /// How long this node usually takes to answer: a moving average of its
-    /// recent replies, raised at once by a call that got none in time.
+    /// How long this node takes to answer now: a moving average of its
+    /// recent replies, raised at once by a call that got none in time, and
+    /// at least as long as its connection has had calls out and no reply
+    /// (a frozen node shows here before any call times out).
     pub(crate) fn usual_latency(&self) -> Duration {
-        self.pace.usual()
+        let silent_ms = self.state().current.as_ref().map_or(0, |conn| {
+            if conn.in_flight.load(Ordering::Acquire) == 0 {
+                0
+            } else {
+                clock().saturating_sub(conn.progress.load(Ordering::Acquire))
+            }
+        });
+        self.pace.usual().max(Duration::from_millis(silent_ms))
     }
 
     fn state(&self) -> MutexGuard<'_, State> {

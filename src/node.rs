@@ -143,6 +143,12 @@ impl Node {
         self.repeatable(&call, |n| n == 1).await
     }
 
+    /// `SET key token NX PX ttl_ms` once more, for an attempt that leads a
+    /// contest (see [`Standing::Lead`](crate::quorum::Standing)).
+    pub(crate) async fn ask_again(&self, key: &str, token: &str, ttl_ms: u64) -> Reply {
+        self.set_nx_px(key, token, ttl_ms).await
+    }
+
     /// On Redis 7 and later `SET .. NX GET`, so that a key of another type
     /// is reported (`WRONGTYPE`) instead of looking held.
     async fn set_nx_px(&self, key: &str, token: &str, ttl_ms: u64) -> Reply {
@@ -161,7 +167,12 @@ impl Node {
             Ok(Value::Okay) if !nx_get => Reply::Yes,
             Ok(Value::Nil) if nx_get => Reply::Yes,
             Ok(Value::Nil) => Reply::No,
-            Ok(Value::BulkString(_) | Value::SimpleString(_)) if nx_get => Reply::No,
+            // Our own token: a SET of this attempt landed already.
+            Ok(Value::BulkString(held)) if nx_get && held == token.as_bytes() => Reply::Yes,
+            Ok(Value::BulkString(held)) if nx_get => {
+                Reply::Held(Arc::from(String::from_utf8_lossy(&held)))
+            }
+            Ok(Value::SimpleString(_)) if nx_get => Reply::No,
             Ok(other) => Reply::Fail(FailureKind::Other, Some(unexpected(other))),
             Err(reply) => reply,
         }
@@ -177,9 +188,28 @@ impl Node {
         token: &str,
         announce: bool,
     ) -> Reply {
+        self.release_heard(scripts, keys, token, announce).await.0
+    }
+
+    /// As [`release`](Self::release), and whether the announcement reached
+    /// anyone waiting.
+    pub(crate) async fn release_heard(
+        &self,
+        scripts: &Scripts,
+        keys: &[Arc<str>],
+        token: &str,
+        announce: bool,
+    ) -> (Reply, bool) {
         let mut call = invocation(&scripts.release, keys);
         call.arg(token).arg(if announce { "1" } else { "0" });
-        self.repeatable(&call, |n| n == 1).await
+        let mut heard = false;
+        let reply = self
+            .repeatable(&call, |n| {
+                heard = n & 2 != 0;
+                n & 1 == 1
+            })
+            .await;
+        (reply, heard)
     }
 
     /// Compare-and-expire: `Yes` when our keys now live `ttl_ms` more.

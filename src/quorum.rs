@@ -6,6 +6,7 @@
 //! point or at the per-node deadline, whichever comes first. [`validity`] turns
 //! the elapsed time into the time the lock may still be trusted.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{Stream, StreamExt};
@@ -39,6 +40,8 @@ pub(crate) enum Reply {
     Yes,
     /// The node answered and refused: the key is someone else's (or absent).
     No,
+    /// As `No`, naming the token that holds the key (`SET .. NX GET`).
+    Held(Arc<str>),
     /// No vote: the node could not be reached, or answered with an error.
     Fail(FailureKind, Option<redis::RedisError>),
 }
@@ -48,7 +51,7 @@ impl Reply {
     pub(crate) fn may_have_landed(&self) -> bool {
         match self {
             Reply::Yes => true,
-            Reply::No => false,
+            Reply::No | Reply::Held(_) => false,
             Reply::Fail(kind, _) => kind.is_silent(),
         }
     }
@@ -76,8 +79,30 @@ pub(crate) struct Tally {
     /// The nodes that did not vote, in the order they failed.
     failures: Vec<NodeFailure>,
     /// The vote was split between contenders and left undecided, without
-    /// waiting for nodes too slow to settle it (see [`split_wait`]).
+    /// waiting for nodes too slow to settle it (see [`split_hopeless`]).
     abandoned: bool,
+    /// The "no" answers that named their holder.
+    holders: Vec<(usize, Arc<str>)>,
+    /// The deadline passed with nodes still silent.
+    expired: bool,
+}
+
+/// Where an attempt stands in a contest: several clients each won some
+/// nodes, none a quorum.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Standing {
+    /// Not a contest: won, failed without contention, or held by one
+    /// token on a quorum of nodes (or, where holders are not named, held
+    /// elsewhere without a vote of ours).
+    None,
+    /// Our token is the smallest of the contenders': they step aside and
+    /// we ask again the nodes they held.
+    Lead,
+    /// Another contender leads, or we had no vote and nobody was seen
+    /// holding a quorum: step aside briefly, then try again.
+    Trail,
+    /// Some node did not name its holder (Redis < 7, or a script).
+    Unknown,
 }
 
 impl Tally {
@@ -90,7 +115,57 @@ impl Tally {
             heard: 0,
             failures: Vec::new(),
             abandoned: false,
+            holders: Vec::new(),
+            expired: false,
         }
+    }
+
+    /// Our place in a contest, for an attempt whose token is `own`. All
+    /// contenders see the same tokens on the nodes they share, so at most
+    /// one of them leads.
+    pub(crate) fn standing(&self, own: &str) -> Standing {
+        if self.no == 0 || self.decision() == Some(Decision::Won) {
+            return Standing::None;
+        }
+        if self.holders.len() < self.no {
+            // Some holder unnamed: contested if we had a vote, else held.
+            return if self.yes > 0 {
+                Standing::Unknown
+            } else {
+                Standing::None
+            };
+        }
+        let mut counts: Vec<(&str, usize)> = Vec::with_capacity(self.holders.len());
+        for (_, token) in &self.holders {
+            match counts.iter_mut().find(|(t, _)| *t == &**token) {
+                Some((_, n)) => *n += 1,
+                None => counts.push((token, 1)),
+            }
+        }
+        if counts.iter().any(|&(_, n)| n >= self.quorum) {
+            // Really held: wait for the release.
+            Standing::None
+        } else if self.yes == 0 || counts.iter().any(|&(t, _)| t < own) {
+            // Nobody seen holding a quorum: others are contending.
+            Standing::Trail
+        } else {
+            Standing::Lead
+        }
+    }
+
+    /// Forgets the "no" answers that named a holder, so those nodes can be
+    /// asked again; returns them as a bit set.
+    pub(crate) fn reopen_held(&mut self) -> u64 {
+        let mut nodes = 0u64;
+        for (node, _) in self.holders.drain(..) {
+            let bit = 1u64 << node;
+            if self.heard & bit != 0 {
+                self.heard &= !bit;
+                self.no -= 1;
+                nodes |= bit;
+            }
+        }
+        nodes
     }
 
     /// Still undecided, and another client already has a vote: only the
@@ -99,18 +174,19 @@ impl Tally {
         self.no > 0 && self.decision().is_none()
     }
 
-    /// The attempt held a vote and lost it to contenders: nobody may hold
-    /// the lock now, so a retry soon may win it.
-    pub(crate) fn contested(&self) -> bool {
-        self.yes > 0 && self.no > 0 && self.decision() != Some(Decision::Won)
-    }
-
     /// The nodes not heard from yet.
     fn silent(&self) -> impl Iterator<Item = usize> + '_ {
         (0..self.nodes).filter(move |&i| self.heard & (1u64 << i) == 0)
     }
 
+    /// Nodes were still silent when the deadline passed: they really timed
+    /// out (nodes still silent after an early decision did not).
+    pub(crate) fn expired(&self) -> bool {
+        self.expired
+    }
+
     /// The split vote was left undecided rather than waited out.
+    #[cfg(test)]
     pub(crate) fn abandoned(&self) -> bool {
         self.abandoned
     }
@@ -124,6 +200,10 @@ impl Tally {
         match reply {
             Reply::Yes => self.yes += 1,
             Reply::No => self.no += 1,
+            Reply::Held(token) => {
+                self.no += 1;
+                self.holders.push((node, token));
+            }
             Reply::Fail(kind, error) => self.failures.push(NodeFailure::new(node, kind, error)),
         }
     }
@@ -252,43 +332,40 @@ pub(crate) fn deadline_in(after: Duration) -> Instant {
         .unwrap_or_else(|| now + Duration::from_secs(86_400 * 365 * 30))
 }
 
-/// Slack on a node's usual reply time before a split vote stops waiting
-/// for it: scheduling noise on a busy client.
+/// Slack on a node's usual reply time: scheduling noise on a busy client.
 const SPLIT_SLACK: Duration = Duration::from_millis(1);
 
-/// How long a split vote (see [`Tally::split`]) may still wait: until the
-/// silent nodes that can answer before `deadline` usually have (twice
-/// their usual reply time after `start`, plus [`SPLIT_SLACK`]), or `None`
-/// to stop now when those nodes cannot make a quorum. A node known to be
-/// sick (slow, frozen, unreachable) is not waited for: under contention the
-/// keys it sets late vote "no" for everyone anyway, while the contenders'
-/// keys on the healthy nodes block every other client until they give up.
-pub(crate) fn split_wait(
+/// A split vote (see [`Tally::split`]) cannot be settled in time: too few
+/// silent nodes are healthy to make a quorum. A node is sick when it
+/// usually cannot answer within `window` (twice its usual reply time plus
+/// [`SPLIT_SLACK`]) and is also far slower than the fastest node (a client
+/// too busy to read its replies makes every node look slow, and then none
+/// is sick). A sick node (slow, frozen, unreachable) is not waited for:
+/// under contention the keys it sets late vote "no" for everyone anyway,
+/// while the contenders' keys on the healthy nodes block every other
+/// client until they give up. Healthy nodes are waited for as usual.
+pub(crate) fn split_hopeless(
     tally: &Tally,
     usual: impl Fn(usize) -> Duration,
-    start: Instant,
-    deadline: Instant,
-) -> Option<Instant> {
-    let mut hopeful = 0;
-    let mut until = start;
-    for node in tally.silent() {
-        let usual = usual(node);
-        let expected = start
-            .checked_add(usual.saturating_mul(2).saturating_add(SPLIT_SLACK))
-            .filter(|at| *at <= deadline);
-        if let Some(at) = expected {
-            hopeful += 1;
-            until = until.max(at);
-        }
-    }
-    (tally.votes() + hopeful >= tally.quorum()).then_some(until)
+    window: Duration,
+) -> bool {
+    let fastest = (0..tally.nodes).map(&usual).min().unwrap_or_default();
+    let typical = fastest.saturating_mul(4).saturating_add(SPLIT_SLACK);
+    let hopeful = tally
+        .silent()
+        .filter(|&node| {
+            let usual = usual(node);
+            usual <= typical || usual.saturating_mul(2).saturating_add(SPLIT_SLACK) <= window
+        })
+        .count();
+    tally.votes() + hopeful < tally.quorum()
 }
 
 /// Feeds replies into `tally` until the decision is certain, the stream
 /// ends, or `deadline` passes; then counts the silent nodes as timed out
 /// after `waited` (the limit the deadline stands for, for the report).
 /// With `usual` (each node's usual reply time; acquire only), a split vote
-/// waits no longer than [`split_wait`] allows. Replies not yet read stay
+/// that [`split_hopeless`] rules out ends at once. Replies not yet read stay
 /// in `replies` for the caller to finish.
 pub(crate) async fn gather<S>(
     replies: &mut S,
@@ -301,6 +378,7 @@ pub(crate) async fn gather<S>(
 {
     let timer = tokio::time::sleep_until(deadline);
     tokio::pin!(timer);
+    let window = deadline.saturating_duration_since(start);
     let mut cut_short = false;
     while tally.decision().is_none() {
         tokio::select! {
@@ -309,23 +387,30 @@ pub(crate) async fn gather<S>(
                 Some((node, reply)) => {
                     tally.record(node, reply);
                     if let Some(usual) = usual.filter(|_| tally.split()) {
-                        match split_wait(tally, usual, start, deadline) {
-                            None => {
-                                tally.abandoned = true;
-                                break;
-                            }
-                            Some(until) if until < deadline => {
-                                timer.as_mut().reset(until);
-                                cut_short = true;
-                            }
-                            Some(_) => {}
+                        if split_hopeless(tally, usual, window) {
+                            tally.abandoned = true;
+                            break;
+                        }
+                        if !cut_short && tally.votes() > 0 {
+                            // The healthy silent nodes get as long again as
+                            // the replies so far took: a busy client waits
+                            // longer, a silent node does not hold the
+                            // contenders' keys for a whole node timeout.
+                            // (Without a vote we block nobody, and wait.)
+                            cut_short = true;
+                            let grace = start.elapsed().saturating_mul(2).max(SPLIT_SLACK);
+                            timer.as_mut().reset(deadline.min(Instant::now() + grace));
                         }
                     }
                 }
                 None => break,
             },
             () = &mut timer => {
-                tally.abandoned = cut_short;
+                if cut_short && Instant::now() < deadline {
+                    tally.abandoned = true;
+                } else {
+                    tally.expired = true;
+                }
                 break;
             }
         }
@@ -506,25 +591,28 @@ mod tests {
         let t = gather_acquire(&mut c, [0, 0, 40]).await;
         assert_eq!(start.elapsed(), Duration::from_millis(2));
         assert_eq!(t.decision(), Some(Decision::Lost));
-        assert!(t.abandoned() && t.contested());
+        assert!(t.abandoned());
+        assert_eq!(t.standing("a"), Standing::Unknown);
         assert!(t.error().is_contended(), "{}", t.error());
         assert_eq!(c.len(), 1, "the late SET is left for clean-up");
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_split_vote_waits_for_a_healthy_node_as_long_as_it_usually_takes() {
-        // Node 2 usually answers in 3 ms: waited for, it settles the split.
+    async fn a_split_vote_waits_for_a_healthy_node_as_long_again_as_the_others_took() {
+        // The split shows at 2 ms: node 2 gets until 2 + 2 x 2 = 6 ms.
         let start = Instant::now();
-        let mut c = calls([(1, Reply::Yes), (2, Reply::No), (4, Reply::Yes)]);
+        let mut c = calls([(1, Reply::Yes), (2, Reply::No), (5, Reply::Yes)]);
         let t = gather_acquire(&mut c, [0, 0, 3]).await;
         assert_eq!(t.decision(), Some(Decision::Won));
-        assert_eq!(start.elapsed(), Duration::from_millis(4));
-        // Today it is late: given up at 2 x 3 ms + 1 ms, not at 50 ms.
+        assert_eq!(start.elapsed(), Duration::from_millis(5));
+        assert!(!t.abandoned());
+        // Silent past that: given up, not waited for until 50 ms.
         let start = Instant::now();
         let mut c = calls([(1, Reply::Yes), (2, Reply::No), (30, Reply::Yes)]);
         let t = gather_acquire(&mut c, [0, 0, 3]).await;
-        assert_eq!(start.elapsed(), Duration::from_millis(7));
-        assert!(t.abandoned() && t.error().is_contended());
+        assert_eq!(start.elapsed(), Duration::from_millis(6));
+        assert!(t.abandoned() && !t.expired());
+        assert!(t.error().is_contended(), "{}", t.error());
     }
 
     #[tokio::test(start_paused = true)]
@@ -542,30 +630,70 @@ mod tests {
         assert!(!t.abandoned());
     }
 
+    fn held(token: &str) -> Reply {
+        Reply::Held(Arc::from(token))
+    }
+
     #[test]
-    fn split_wait_counts_only_nodes_that_can_answer_in_time() {
-        let start = Instant::now();
-        let deadline = start + Duration::from_millis(50);
+    fn the_smallest_contender_leads_and_the_others_trail() {
+        // A three-way split: each of a, b, c won one node.
+        let a = tally(&[Reply::Yes, held("b"), held("c")]);
+        let b = tally(&[held("a"), Reply::Yes, held("c")]);
+        let c = tally(&[held("a"), held("b"), Reply::Yes]);
+        assert_eq!(a.standing("a"), Standing::Lead);
+        assert_eq!(b.standing("b"), Standing::Trail);
+        assert_eq!(c.standing("c"), Standing::Trail);
+        // No vote of ours, nobody with a quorum: step aside, but not for long.
+        assert_eq!(
+            tally(&[held("a"), held("b"), held("c")]).standing("0"),
+            Standing::Trail
+        );
+        // One holder on a quorum: held, wait for its release.
+        assert_eq!(
+            tally(&[held("a"), held("a"), Reply::Yes]).standing("0"),
+            Standing::None
+        );
+        // A holder with a quorum is no contest to lead, even for a smaller token.
+        let mut t = Tally::new(5);
+        for (i, r) in [Reply::Yes, held("z"), held("z"), held("z")]
+            .into_iter()
+            .enumerate()
+        {
+            t.record(i, r);
+        }
+        assert_eq!(t.standing("a"), Standing::None);
+        // A refusal without a name leaves the standing unknown.
+        assert_eq!(
+            tally(&[Reply::Yes, Reply::No, held("c")]).standing("a"),
+            Standing::Unknown
+        );
+    }
+
+    #[test]
+    fn reopened_nodes_can_vote_again() {
+        let mut t = tally(&[Reply::Yes, held("b"), fail(SILENT)]);
+        assert_eq!(t.decision(), Some(Decision::Lost));
+        assert_eq!(t.reopen_held(), 0b010);
+        assert_eq!(t.decision(), None);
+        t.record(1, Reply::Yes);
+        assert_eq!(t.decision(), Some(Decision::Won));
+    }
+
+    #[test]
+    fn a_split_is_hopeless_only_without_enough_healthy_silent_nodes() {
+        let window = Duration::from_millis(50);
         let mut t = Tally::new(5);
         t.record(0, Reply::Yes);
         t.record(1, Reply::No);
         t.record(2, Reply::Yes);
         let usual = |ms: [u64; 5]| move |node: usize| Duration::from_millis(ms[node]);
-        // Nodes 3 and 4 healthy: wait for the slower, 2 x 4 ms + 1 ms.
-        assert_eq!(
-            split_wait(&t, usual([0, 0, 0, 2, 4]), start, deadline),
-            Some(start + Duration::from_millis(9))
-        );
-        // One of them sick: the other alone can still make the quorum.
-        assert_eq!(
-            split_wait(&t, usual([0, 0, 0, 2, 40]), start, deadline),
-            Some(start + Duration::from_millis(5))
-        );
+        // Nodes 3 and 4 healthy, or one of them sick: one more vote will do.
+        assert!(!split_hopeless(&t, usual([0, 0, 0, 2, 4]), window));
+        assert!(!split_hopeless(&t, usual([0, 0, 0, 2, 40]), window));
         // Both sick: nothing to wait for.
-        assert_eq!(
-            split_wait(&t, usual([0, 0, 0, 30, 40]), start, deadline),
-            None
-        );
+        assert!(split_hopeless(&t, usual([0, 0, 0, 30, 40]), window));
+        // Every node slow (a busy client, not sick nodes): wait.
+        assert!(!split_hopeless(&t, usual([30, 30, 30, 30, 40]), window));
     }
 
     #[tokio::test(start_paused = true)]
@@ -582,6 +710,8 @@ mod tests {
         assert_eq!(t.decision(), Some(Decision::Won));
         assert_eq!(start.elapsed(), Duration::from_millis(2));
         assert_eq!(calls.len(), 1, "the slow call is left for clean-up");
+        // Decided early: the slow node did not time out (its pace is kept).
+        assert!(!t.expired());
     }
 
     #[tokio::test(start_paused = true)]
@@ -598,6 +728,7 @@ mod tests {
         assert_eq!(t.decision(), Some(Decision::Lost));
         assert_eq!(start.elapsed(), Duration::from_millis(50));
         assert_eq!((t.votes(), t.unknown()), (1, 2));
+        assert!(t.expired());
     }
 
     #[tokio::test(start_paused = true)]

@@ -10,13 +10,13 @@ use futures::{Future, FutureExt, StreamExt};
 use tokio::time::Instant;
 
 use crate::builder::{Builder, RetryPolicy};
-use crate::cleanup::{in_flight, Cleanup, InFlight};
+use crate::cleanup::{in_flight, merge, Cleanup, InFlight};
 use crate::error::FailureKind;
 use crate::fanout::Fanout;
 use crate::lock::{Guard, KeepAlive, Lock};
 use crate::node::{Node, Scripts};
-use crate::quorum::{self, Decision, Reply, Tally};
-use crate::wake::{Wakeups, Watch};
+use crate::quorum::{self, Decision, Reply, Standing, Tally};
+use crate::wake::{Wakeups, Watch, COURTESY};
 use crate::Error;
 
 /// The keys of one lock: one per resource, all set or none.
@@ -207,8 +207,18 @@ impl Redlock {
         // Set up once the resource was found held: wakes us on the release
         // of any of its keys.
         let mut watch: Option<Watch> = None;
+        if let Some(until) = self.inner.wakeups.courtesy(&keys) {
+            // This manager just released the lock to waiters: their turn.
+            let w = self.inner.wakeups.watch(&keys, COURTESY).await;
+            let notify = w.notify();
+            tokio::select! {
+                () = notify.notified() => {}
+                () = tokio::time::sleep_until(until) => {}
+            }
+            watch = Some(w);
+        }
         let mut attempt_no = 1;
-        // Contested attempts in a row (see `Failed::contested`).
+        // Contested attempts in a row (see `Failed::contest`).
         let mut contests = 0;
         loop {
             // Armed before the attempt, so a release racing it is not missed.
@@ -226,16 +236,25 @@ impl Redlock {
                 return Err(err);
             }
             let mut wait = policy.backoff();
-            if failed.contested {
-                // Nobody may hold it now, and no release will be announced:
-                // retry soon, at a random point of a window that doubles
-                // with each contest in a row, so the contenders spread out
-                // instead of splitting the votes again.
-                contests += 1;
-                wait = wait.min(contest_backoff(contests));
-            } else {
+            if failed.contest == Standing::None {
                 contests = 0;
+            } else {
+                // Nobody may hold it now, and if nobody wins, no release
+                // will be announced: retry soon, at a random point of a
+                // window that doubles with each contest in a row, so the
+                // contenders spread out instead of splitting the votes
+                // again. A trailer also gives the leader time to win
+                // first; once it has, the trailer waits for its release.
+                contests += 1;
+                let mut soon = contest_backoff(contests);
+                if failed.contest == Standing::Trail {
+                    soon += ASK_AGAIN_PAUSE * (ASK_AGAIN_ROUNDS + 1);
+                }
+                wait = wait.min(soon);
             }
+            // The first quick retries of a contest are not among the
+            // policy's attempts: its window soon reaches the policy's delay.
+            let counted = wait >= policy.fixed_delay() || contests > FREE_CONTEST_RETRIES;
             if let Some(limit) = policy.limit() {
                 if started.elapsed().saturating_add(wait) >= limit {
                     return Err(err);
@@ -245,24 +264,21 @@ impl Redlock {
                 // Once subscribed, try again at once: a release between the
                 // failed attempt and the subscription would be missed.
                 watch = Some(self.inner.wakeups.watch(&keys, wait).await);
-                attempt_no += 1;
+                attempt_no += u32::from(counted);
                 continue;
             }
             match released {
                 Some(released) => {
+                    // Waiters in other processes hear the same release;
+                    // a split among them is settled as any contest.
                     tokio::select! {
-                        () = released => {
-                            // Every waiter hears the same release; a random
-                            // head start lets one of them win it alone
-                            // instead of all of them splitting the votes.
-                            tokio::time::sleep(wake_jitter()).await;
-                        }
+                        () = released => {}
                         () = tokio::time::sleep(wait) => {}
                     }
                 }
                 None => tokio::time::sleep(wait).await,
             }
-            attempt_no += 1;
+            attempt_no += u32::from(counted);
         }
     }
 
@@ -439,7 +455,7 @@ impl Inner {
         let usual = |node: usize| self.nodes[node].usual_latency();
         let usual: Option<&(dyn Fn(usize) -> Duration + Sync)> = contest.then_some(&usual);
         quorum::gather(calls, &mut tally, (start, deadline), waited, usual).await;
-        if !tally.abandoned() {
+        if tally.expired() {
             for failure in tally.failures() {
                 if let FailureKind::TimedOut(waited) = failure.kind() {
                     self.nodes[failure.node()].timed_out(waited);
@@ -462,12 +478,13 @@ impl Inner {
         let mut calls = self.fan_out(|inner, i| {
             let (keys, token) = (keys.clone(), token.clone());
             async move {
-                (
-                    i,
-                    inner.nodes[i]
-                        .release(&inner.scripts, &keys, &token, announce)
-                        .await,
-                )
+                let (reply, heard) = inner.nodes[i]
+                    .release_heard(&inner.scripts, &keys, &token, announce)
+                    .await;
+                if heard {
+                    inner.wakeups.released_to_waiters(&keys);
+                }
+                (i, reply)
             }
         });
         let deadline = quorum::deadline_in(self.node_timeout);
@@ -486,9 +503,8 @@ impl Inner {
 pub(crate) struct Failed {
     pub(crate) error: Error,
     pub(crate) seen_held: bool,
-    /// We held a vote, and so did another client: nobody may hold the lock
-    /// now (see [`Tally::contested`]).
-    pub(crate) contested: bool,
+    /// Where the attempt stood in a contest (see [`Standing`]).
+    pub(crate) contest: Standing,
 }
 
 impl From<Error> for Failed {
@@ -496,7 +512,7 @@ impl From<Error> for Failed {
         Self {
             error,
             seen_held: false,
-            contested: false,
+            contest: Standing::None,
         }
     }
 }
@@ -571,7 +587,7 @@ async fn attempt_in_span(inner: &Arc<Inner>, keys: Keys, plan: Plan) -> Result<L
             (i, reply)
         }
     });
-    let tally = inner
+    let mut tally = inner
         .gather_votes(
             &mut calls,
             (start, start + plan.node_deadline),
@@ -579,6 +595,42 @@ async fn attempt_in_span(inner: &Arc<Inner>, keys: Keys, plan: Plan) -> Result<L
             true,
         )
         .await;
+    // A contest is settled by its smallest token (see `Standing`): the
+    // others give their nodes back, and the leader asks those nodes again.
+    let mut standing = tally.standing(&token);
+    let mut asked_again: Option<InFlight> = None;
+    if let ([key], None) = (&keys[..], &fence_keys) {
+        let mut rounds = 0;
+        while standing == Standing::Lead
+            && rounds < ASK_AGAIN_ROUNDS
+            && start.elapsed() < plan.node_deadline
+        {
+            rounds += 1;
+            if rounds == 1 {
+                // The contenders decided when we did and are deleting
+                // their keys now: a few turns of the scheduler usually
+                // let those deletes out before our SETs.
+                for _ in 0..4 {
+                    tokio::task::yield_now().await;
+                }
+            } else {
+                tokio::time::sleep(ASK_AGAIN_PAUSE).await;
+            }
+            let nodes = tally.reopen_held();
+            let mut again: Fanout<_> = (0..inner.nodes.len())
+                .filter(|i| nodes & (1u64 << i) != 0)
+                .map(|i| {
+                    let (inner, key, token) = (inner.clone(), key.clone(), token.clone());
+                    async move { (i, inner.nodes[i].ask_again(&key, &token, plan.ttl_ms).await) }
+                })
+                .collect();
+            let now = Instant::now();
+            let window = (now, now + plan.node_deadline);
+            quorum::gather(&mut again, &mut tally, window, plan.node_deadline, None).await;
+            asked_again = merge(asked_again, in_flight(again));
+            standing = tally.standing(&token);
+        }
+    }
     // The largest counter among the voters, plus one, made durable on a
     // quorum before the lock is handed out.
     let fence = match (&fence_keys, &counters, tally.decision()) {
@@ -613,6 +665,7 @@ async fn attempt_in_span(inner: &Arc<Inner>, keys: Keys, plan: Plan) -> Result<L
         ?elapsed,
         ?validity,
         ?fence,
+        ?standing,
         "quorumlock acquire attempt"
     );
 
@@ -627,7 +680,7 @@ async fn attempt_in_span(inner: &Arc<Inner>, keys: Keys, plan: Plan) -> Result<L
                 token,
                 ttl,
                 ((start + validity).into_std(), validity),
-                in_flight(calls),
+                merge(in_flight(calls), asked_again),
                 fence,
             ));
         }
@@ -637,14 +690,21 @@ async fn attempt_in_span(inner: &Arc<Inner>, keys: Keys, plan: Plan) -> Result<L
     };
     // Released in the background: the caller can retry at once.
     Cleanup::discard(inner.clone(), keys, token, ttl)
-        .with_late_sets(in_flight(calls))
+        .with_late_sets(merge(in_flight(calls), asked_again))
         .run(None);
     Err(Failed {
         error,
         seen_held: tally.refused() > 0,
-        contested: tally.contested(),
+        contest: standing,
     })
 }
+
+/// Times a contest's leader asks again the nodes its contenders held.
+const ASK_AGAIN_ROUNDS: u32 = 4;
+
+/// The leader's pause before asking again: time for the other contenders
+/// to hear their replies and delete their keys.
+const ASK_AGAIN_PAUSE: Duration = Duration::from_millis(1);
 
 /// Writes `fence` back to every node still holding our key; returns once a
 /// quorum confirmed it (or cannot), and lets the other writes finish in the
@@ -700,17 +760,14 @@ impl Drop for AttemptGuard {
     }
 }
 
+/// Contests in a row whose quick retries are not counted as attempts.
+const FREE_CONTEST_RETRIES: u32 = 6;
+
 /// A random wait within 2, 4, 8, ... ms after `contests` contested
 /// attempts in a row.
 fn contest_backoff(contests: u32) -> Duration {
     let window_us = 1_000u64 << contests.clamp(1, 10);
     Duration::from_micros(rand::random_range(0..window_us))
-}
-
-/// Up to 100 µs: other managers woken by the same release start a little
-/// apart, so one of them usually wins alone.
-fn wake_jitter() -> Duration {
-    Duration::from_micros(rand::random_range(0..100))
 }
 
 /// 128 random bits from a CSPRNG, as 32 hex digits readable in `redis-cli`.

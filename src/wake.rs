@@ -13,6 +13,7 @@
 //! each health period, so a connection that went silent is replaced.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -54,6 +55,19 @@ struct Waiters {
 /// Announcements of one channel closer together than this are one release.
 const SAME_RELEASE: Duration = Duration::from_millis(1);
 
+/// How long after this manager released a lock to waiters its own next
+/// `acquire` of it holds back: time for a woken waiter (here or in another
+/// process) to hear the release and win the lock, instead of the releasing
+/// task barging in again before the announcement even arrived.
+pub(crate) const COURTESY: Duration = Duration::from_millis(2);
+
+/// Locks this manager released while others waited: key → end of the
+/// courtesy.
+#[derive(Default)]
+struct Courtesy {
+    until: HashMap<Arc<str>, tokio::time::Instant>,
+}
+
 pub(crate) struct Wakeups {
     clients: Vec<redis::Client>,
     connect_timeout: Duration,
@@ -62,6 +76,9 @@ pub(crate) struct Wakeups {
     waiters: Mutex<Waiters>,
     /// One request queue per node's listener, created on first use.
     listeners: Mutex<Vec<mpsc::UnboundedSender<Request>>>,
+    courtesy: Mutex<Courtesy>,
+    /// `courtesy` is not empty: the uncontended path skips its lock.
+    courteous: AtomicBool,
 }
 
 impl Wakeups {
@@ -76,7 +93,35 @@ impl Wakeups {
             health,
             waiters: Mutex::default(),
             listeners: Mutex::default(),
+            courtesy: Mutex::default(),
+            courteous: AtomicBool::new(false),
         }
+    }
+
+    /// This manager released `keys` and a node said someone listened for it.
+    pub(crate) fn released_to_waiters(&self, keys: &[Arc<str>]) {
+        let now = tokio::time::Instant::now();
+        let mut c = lock(&self.courtesy);
+        c.until.retain(|_, until| *until > now);
+        for key in keys {
+            c.until.insert(key.clone(), now + COURTESY);
+        }
+        self.courteous.store(true, Ordering::Release);
+    }
+
+    /// When this manager's courtesy on any of `keys` ends, if it has not.
+    pub(crate) fn courtesy(&self, keys: &[Arc<str>]) -> Option<tokio::time::Instant> {
+        if !self.courteous.load(Ordering::Acquire) {
+            return None;
+        }
+        let now = tokio::time::Instant::now();
+        let mut c = lock(&self.courtesy);
+        c.until.retain(|_, until| *until > now);
+        if c.until.is_empty() {
+            self.courteous.store(false, Ordering::Release);
+            return None;
+        }
+        keys.iter().filter_map(|k| c.until.get(k).copied()).max()
     }
 
     /// Starts listening for releases of `keys`, waiting (at most `limit`)

@@ -6,6 +6,10 @@
 //! asking are covered: `acquire` (wake-ups and the default retry policy)
 //! and a loop of `try_acquire` with the client's own short back-off.
 //!
+//! A run is 3 s; when a ratio falls short, one more pair of runs is made
+//! and the totals of both pairs are judged (noise on 2 shared cores is a
+//! few percent per run).
+//!
 //! These tests control processes and network paths, so they are skipped
 //! under `REDLOCK_TEST_NODES`; they run one at a time (see `support::serial`).
 
@@ -114,33 +118,44 @@ async fn keeps_pace(style: Style, sickness: Sickness) {
         load.ttl = Duration::from_millis(300);
         load.backoff = (Duration::ZERO, Duration::from_millis(20));
 
-        let calm = witness::run(&urls, &load).await;
         let scenario = format!("{style:?}, {count} resource(s)");
-        note(&format!("{scenario}, no fault"), &calm);
-        assert_eq!(calm.violations, 0, "{calm}");
+        // Acquisitions without and with the fault. A 3 s run on 2 shared
+        // cores varies by several percent, so a ratio short of the mark is
+        // measured once more and judged on the totals of both pairs.
+        let (mut calm_total, mut sick_total) = (0, 0);
+        for pair in 1..=2 {
+            let calm = witness::run(&urls, &load).await;
+            note(&format!("{scenario}, no fault"), &calm);
+            assert_eq!(calm.violations, 0, "{calm}");
 
-        let end = Instant::now() + RUN;
-        let (sick, ()) = tokio::join!(witness::run(&urls, &load), sicken(&net, sickness, end));
-        let ratio = sick.rate() / calm.rate();
-        note(
-            &format!("{scenario}, {sickness:?} ({ratio:.2}x of no fault)"),
-            &sick,
-        );
-        assert_eq!(sick.violations, 0, "two holders overlapped: {sick}");
-        assert_eq!(sick.hung, 0, "{sick}");
-        assert!(
-            ratio >= KEEP,
-            "{scenario}, {sickness:?}: {:.0}/s against {:.0}/s without a fault ({ratio:.2}x)",
-            sick.rate(),
-            calm.rate()
-        );
-        // Never a whole fault long without a holder while two healthy
-        // nodes were there.
-        assert!(
-            sick.longest_gap < Duration::from_millis(300),
-            "{scenario}, {sickness:?}: no holder for {:?}",
-            sick.longest_gap
-        );
+            let end = Instant::now() + RUN;
+            let (sick, ()) = tokio::join!(witness::run(&urls, &load), sicken(&net, sickness, end));
+            let ratio = sick.rate() / calm.rate();
+            note(
+                &format!("{scenario}, {sickness:?} ({ratio:.2}x of no fault)"),
+                &sick,
+            );
+            assert_eq!(sick.violations, 0, "two holders overlapped: {sick}");
+            assert_eq!(sick.hung, 0, "{sick}");
+            // Never a whole fault long without a holder while two healthy
+            // nodes were there: a few retry delays at most.
+            assert!(
+                sick.longest_gap < Duration::from_millis(300),
+                "{scenario}, {sickness:?}: no holder for {:?}",
+                sick.longest_gap
+            );
+            calm_total += calm.acquisitions;
+            sick_total += sick.acquisitions;
+            let ratio = sick_total as f64 / calm_total as f64;
+            if ratio >= KEEP {
+                break;
+            }
+            assert!(
+                pair < 2,
+                "{scenario}, {sickness:?}: {sick_total} acquisitions against {calm_total} \
+                 without a fault over two runs each ({ratio:.2}x)"
+            );
+        }
     }
 }
 

@@ -7,16 +7,21 @@
 -- denies (Redis 7 users start with `resetchannels`) from failing the script
 -- after its first DEL, so every key of ours is deleted either way.
 -- KEYS = lock keys, ARGV[1] = token, ARGV[2] = "1" to announce.
--- Returns 1 when every key was ours and is deleted, 0 otherwise.
+-- Returns 1 when every key was ours and is deleted, 0 otherwise, plus 2 when
+-- an announcement reached a subscriber: someone is waiting for the lock.
 local all = 1
+local heard = 0
 for _, key in ipairs(KEYS) do
     if redis.call("GET", key) == ARGV[1] then
         redis.call("DEL", key)
         if ARGV[2] == "1" then
-            redis.pcall("PUBLISH", "quorumlock:released:" .. key, "")
+            local receivers = redis.pcall("PUBLISH", "quorumlock:released:" .. key, "")
+            if type(receivers) == "number" and receivers > 0 then
+                heard = 2
+            end
         end
     else
         all = 0
     end
 end
-return all
+return all + heard
