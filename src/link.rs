@@ -51,7 +51,7 @@ pub(crate) struct Conn {
     /// Calls sent and not yet answered.
     in_flight: AtomicUsize,
     /// When a reply last came, or a call was sent to an idle connection
-    /// (milliseconds on `clock()`).
+    /// (microseconds on `clock_us()`).
     progress: AtomicU64,
     /// It answered at least once: the backoff starts over.
     served: AtomicBool,
@@ -64,17 +64,18 @@ pub(crate) struct Conn {
 }
 
 impl Conn {
-    /// A call has waited past `limit` with no reply at all since.
-    fn stalled(&self, limit_ms: u64) -> bool {
+    /// A call has waited past `limit_us` with no reply at all since `now`.
+    fn stalled(&self, now: u64, limit_us: u64) -> bool {
         self.in_flight.load(Ordering::Acquire) > 0
-            && clock().saturating_sub(self.progress.load(Ordering::Acquire)) > limit_ms
+            && now.saturating_sub(self.progress.load(Ordering::Acquire)) > limit_us
     }
 }
 
 /// Marks a call in flight on a connection until it is answered or dropped.
 pub(crate) struct Call {
     conn: Arc<Conn>,
-    sent: Instant,
+    /// When it was sent, on `clock_us()`.
+    sent: u64,
 }
 
 impl Call {
@@ -89,8 +90,9 @@ impl Call {
 
     /// The call got a reply (an answer or an error reply from the server).
     pub(crate) fn answered(self, link: &Link) {
-        link.pace.note(self.sent.elapsed());
-        self.conn.progress.store(clock(), Ordering::Release);
+        let now = clock_us();
+        link.pace.note_us(now.saturating_sub(self.sent));
+        self.conn.progress.store(now, Ordering::Release);
         if !self.conn.served.swap(true, Ordering::AcqRel) {
             link.state().backoff.reset();
         }
@@ -119,7 +121,7 @@ pub(crate) struct Link {
     client: redis::Client,
     config: AsyncConnectionConfig,
     connect_timeout: Duration,
-    health_limit_ms: u64,
+    health_limit_us: u64,
     servers: Arc<Servers>,
     state: Mutex<State>,
     changed: Notify,
@@ -145,7 +147,7 @@ impl Link {
             client,
             config,
             connect_timeout,
-            health_limit_ms: u64::try_from(health_limit.as_millis()).unwrap_or(u64::MAX),
+            health_limit_us: u64::try_from(health_limit.as_micros()).unwrap_or(u64::MAX),
             servers,
             state: Mutex::new(State {
                 current: None,
@@ -164,14 +166,20 @@ impl Link {
     /// at least as long as its connection has had calls out and no reply
     /// (a frozen node shows here before any call times out).
     pub(crate) fn usual_latency(&self) -> Duration {
-        let silent_ms = self.state().current.as_ref().map_or(0, |conn| {
+        let silent_us = self.state().current.as_ref().map_or(0, |conn| {
             if conn.in_flight.load(Ordering::Acquire) == 0 {
                 0
             } else {
-                clock().saturating_sub(conn.progress.load(Ordering::Acquire))
+                clock_us().saturating_sub(conn.progress.load(Ordering::Acquire))
             }
         });
-        self.pace.usual().max(Duration::from_millis(silent_ms))
+        self.pace.usual().max(Duration::from_micros(silent_us))
+    }
+
+    /// The moving average alone (see [`usual_latency`](Self::usual_latency)):
+    /// cheap enough for every call.
+    pub(crate) fn pace(&self) -> Duration {
+        self.pace.usual()
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
@@ -188,16 +196,14 @@ impl Link {
             {
                 let mut s = self.state();
                 if let Some(conn) = &s.current {
-                    if !conn.stalled(self.health_limit_ms) {
+                    let now = clock_us();
+                    if !conn.stalled(now, self.health_limit_us) {
                         let conn = conn.clone();
                         drop(s);
                         if conn.in_flight.fetch_add(1, Ordering::AcqRel) == 0 {
-                            conn.progress.store(clock(), Ordering::Release);
+                            conn.progress.store(now, Ordering::Release);
                         }
-                        return Ok(Call {
-                            conn,
-                            sent: Instant::now(),
-                        });
+                        return Ok(Call { conn, sent: now });
                     }
                     self.replace(&mut s);
                 }
@@ -215,7 +221,7 @@ impl Link {
     fn replace(self: &Arc<Self>, s: &mut State) {
         tracing::warn!(
             node = self.index,
-            limit_ms = self.health_limit_ms,
+            limit_ms = self.health_limit_us / 1000,
             "quorumlock node connection stopped answering; opening a new one"
         );
         s.current = None;
@@ -253,17 +259,17 @@ impl Link {
             loop {
                 let since = conn.progress.load(Ordering::Acquire);
                 let due = since
-                    .saturating_add(link.health_limit_ms)
+                    .saturating_add(link.health_limit_us)
                     .saturating_add(1)
-                    .saturating_sub(clock());
-                tokio::time::sleep(Duration::from_millis(due)).await;
+                    .saturating_sub(clock_us());
+                tokio::time::sleep(Duration::from_micros(due)).await;
                 let mut s = link.state();
                 let current = s.current.as_ref().is_some_and(|c| Arc::ptr_eq(c, &conn));
                 if !current || conn.in_flight.load(Ordering::Acquire) == 0 {
                     conn.probing.store(false, Ordering::Release);
                     return;
                 }
-                if conn.stalled(link.health_limit_ms) {
+                if conn.stalled(clock_us(), link.health_limit_us) {
                     link.replace(&mut s);
                     return;
                 }
@@ -331,7 +337,7 @@ impl Link {
         Ok(Conn {
             mux,
             in_flight: AtomicUsize::new(0),
-            progress: AtomicU64::new(clock()),
+            progress: AtomicU64::new(clock_us()),
             served: AtomicBool::new(false),
             probing: AtomicBool::new(false),
             nx_get: info.major >= 7,
@@ -351,10 +357,13 @@ impl Pace {
     /// No sample counts for more than this.
     const CAP_US: u64 = 1_000_000;
 
+    #[cfg(test)]
     fn note(&self, took: Duration) {
-        let sample = u64::try_from(took.as_micros())
-            .unwrap_or(u64::MAX)
-            .min(Self::CAP_US);
+        self.note_us(u64::try_from(took.as_micros()).unwrap_or(u64::MAX));
+    }
+
+    fn note_us(&self, took_us: u64) {
+        let sample = took_us.min(Self::CAP_US);
         // Racing updates may lose a sample; an estimate does not mind.
         let old = self.0.load(Ordering::Relaxed);
         let new = if sample >= old {
@@ -422,10 +431,10 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// Milliseconds on a process-wide monotonic clock.
-fn clock() -> u64 {
+/// Microseconds on a process-wide monotonic clock.
+fn clock_us() -> u64 {
     static EPOCH: OnceLock<Instant> = OnceLock::new();
-    u64::try_from(EPOCH.get_or_init(Instant::now).elapsed().as_millis()).unwrap_or(u64::MAX)
+    u64::try_from(EPOCH.get_or_init(Instant::now).elapsed().as_micros()).unwrap_or(u64::MAX)
 }
 
 #[cfg(test)]

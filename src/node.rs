@@ -70,9 +70,14 @@ impl Node {
         self.link.suspect(waited);
     }
 
-    /// How long this node usually takes to answer.
+    /// How long this node takes to answer now.
     pub(crate) fn usual_latency(&self) -> Duration {
         self.link.usual_latency()
+    }
+
+    /// Its moving average of reply times alone (cheap).
+    pub(crate) fn pace(&self) -> Duration {
+        self.link.pace()
     }
 
     /// Opens the connection now, so the first lock does not pay for it; the

@@ -9,7 +9,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::{Stream, StreamExt};
+use futures::{FutureExt, Stream, StreamExt};
 use tokio::time::Instant;
 
 use crate::error::{FailureKind, NodeFailure};
@@ -361,18 +361,33 @@ pub(crate) fn split_hopeless(
     tally.votes() + hopeful < tally.quorum()
 }
 
+/// What [`gather`] knows of the nodes beyond their replies.
+#[derive(Clone, Copy)]
+pub(crate) struct Patience<'a> {
+    /// How long each node takes to answer now (see `Link::usual_latency`).
+    pub(crate) usual: &'a (dyn Fn(usize) -> Duration + Sync),
+    /// Each node's moving average alone (see `Link::pace`), for the
+    /// uncontended path.
+    pub(crate) pace: &'a (dyn Fn(usize) -> Duration + Sync),
+    /// An acquire: a split vote waits only as long as it can be settled
+    /// (see [`split_hopeless`]).
+    pub(crate) contest: bool,
+}
+
 /// Feeds replies into `tally` until the decision is certain, the stream
 /// ends, or `deadline` passes; then counts the silent nodes as timed out
 /// after `waited` (the limit the deadline stands for, for the report).
-/// With `usual` (each node's usual reply time; acquire only), a split vote
-/// that [`split_hopeless`] rules out ends at once. Replies not yet read stay
-/// in `replies` for the caller to finish.
+/// With `patience`, a split vote that [`split_hopeless`] rules out ends at
+/// once (acquire only), and a vote won before every node answered lets the
+/// scheduler turn once if the silent nodes are healthy: their replies are
+/// usually microseconds away, and reading them here saves a background
+/// task. Replies not yet read stay in `replies` for the caller to finish.
 pub(crate) async fn gather<S>(
     replies: &mut S,
     tally: &mut Tally,
     (start, deadline): (Instant, Instant),
     waited: Duration,
-    usual: Option<&(dyn Fn(usize) -> Duration + Sync)>,
+    patience: Option<Patience<'_>>,
 ) where
     S: Stream<Item = (usize, Reply)> + Unpin,
 {
@@ -380,14 +395,15 @@ pub(crate) async fn gather<S>(
     tokio::pin!(timer);
     let window = deadline.saturating_duration_since(start);
     let mut cut_short = false;
+    let contest = patience.filter(|p| p.contest);
     while tally.decision().is_none() {
         tokio::select! {
             biased;
             reply = replies.next() => match reply {
                 Some((node, reply)) => {
                     tally.record(node, reply);
-                    if let Some(usual) = usual.filter(|_| tally.split()) {
-                        if split_hopeless(tally, usual, window) {
+                    if let Some(p) = contest.filter(|_| tally.split()) {
+                        if split_hopeless(tally, p.usual, window) {
                             tally.abandoned = true;
                             break;
                         }
@@ -415,11 +431,29 @@ pub(crate) async fn gather<S>(
             }
         }
     }
+    if let Some(p) = patience {
+        if tally.decision() == Some(Decision::Won)
+            && tally.pending() > 0
+            && stragglers_healthy(tally, p.pace)
+        {
+            tokio::task::yield_now().await;
+            while let Some(Some((node, reply))) = replies.next().now_or_never() {
+                tally.record(node, reply);
+            }
+        }
+    }
     if tally.abandoned {
         tally.close(start.elapsed());
     } else {
         tally.close(waited);
     }
+}
+
+/// Every silent node answers about as fast as the fastest node does.
+fn stragglers_healthy(tally: &Tally, usual: &(dyn Fn(usize) -> Duration + Sync)) -> bool {
+    let fastest = (0..tally.nodes).map(usual).min().unwrap_or_default();
+    let typical = fastest.saturating_mul(4).saturating_add(SPLIT_SLACK);
+    tally.silent().all(|node| usual(node) <= typical)
 }
 
 #[cfg(test)]
@@ -570,7 +604,12 @@ mod tests {
         let usual = usual.map(Duration::from_millis);
         let now = Instant::now();
         let usual = |node: usize| usual[node];
-        gather(calls, &mut t, (now, now + limit), limit, Some(&usual)).await;
+        let patience = Patience {
+            usual: &usual,
+            pace: &usual,
+            contest: true,
+        };
+        gather(calls, &mut t, (now, now + limit), limit, Some(patience)).await;
         t
     }
 

@@ -15,7 +15,7 @@ use crate::error::FailureKind;
 use crate::fanout::Fanout;
 use crate::lock::{Guard, KeepAlive, Lock};
 use crate::node::{Node, Scripts};
-use crate::quorum::{self, Decision, Reply, Standing, Tally};
+use crate::quorum::{self, Decision, Patience, Reply, Standing, Tally};
 use crate::wake::{Wakeups, Watch, COURTESY};
 use crate::Error;
 
@@ -440,7 +440,7 @@ impl Inner {
 
     /// As [`gather`](Self::gather); for an acquire (`contest`), a split vote
     /// does not wait for nodes too slow to settle it (see
-    /// [`quorum::split_wait`]).
+    /// [`quorum::split_hopeless`]).
     async fn gather_votes<S>(
         &self,
         calls: &mut S,
@@ -453,8 +453,13 @@ impl Inner {
     {
         let mut tally = Tally::new(self.nodes.len());
         let usual = |node: usize| self.nodes[node].usual_latency();
-        let usual: Option<&(dyn Fn(usize) -> Duration + Sync)> = contest.then_some(&usual);
-        quorum::gather(calls, &mut tally, (start, deadline), waited, usual).await;
+        let pace = |node: usize| self.nodes[node].pace();
+        let patience = Patience {
+            usual: &usual,
+            pace: &pace,
+            contest,
+        };
+        quorum::gather(calls, &mut tally, (start, deadline), waited, Some(patience)).await;
         if tally.expired() {
             for failure in tally.failures() {
                 if let FailureKind::TimedOut(waited) = failure.kind() {
@@ -489,11 +494,6 @@ impl Inner {
         });
         let deadline = quorum::deadline_in(self.node_timeout);
         let tally = self.gather(&mut calls, deadline, self.node_timeout).await;
-        if !calls.is_empty() {
-            // The other replies usually follow within microseconds: one turn
-            // of the scheduler lets them in and saves a background task.
-            tokio::task::yield_now().await;
-        }
         (tally, in_flight(calls))
     }
 }
@@ -521,7 +521,12 @@ impl From<Error> for Failed {
 async fn attempt(inner: &Arc<Inner>, keys: Keys, plan: Plan) -> Result<Lock, Failed> {
     use tracing::Instrument;
     let span = tracing::debug_span!("quorumlock_attempt", key = &*keys[0], keys = keys.len());
-    attempt_in_span(inner, keys, plan).instrument(span).await
+    if span.is_disabled() {
+        // Nobody listens: no span to enter on every poll.
+        attempt_in_span(inner, keys, plan).await
+    } else {
+        attempt_in_span(inner, keys, plan).instrument(span).await
+    }
 }
 
 /// The key of a lock key's fencing counter. No resource can reach it (keys
