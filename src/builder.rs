@@ -62,6 +62,11 @@ impl RetryPolicy {
     }
 
     /// Attempts in total, including the first. Default: 10. Zero is read as 1.
+    ///
+    /// A quick retry after a contest (racing clients each won some nodes and
+    /// none a quorum; it follows within a few milliseconds) is not counted,
+    /// for the first few contests in a row: see the README's Operations
+    /// section. The [`max_wait`](Self::max_wait) limit counts everything.
     #[must_use]
     pub fn attempts(mut self, attempts: u32) -> Self {
         self.attempts = attempts.max(1);
