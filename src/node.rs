@@ -101,15 +101,19 @@ impl Node {
         token: &str,
         ttl_ms: u64,
     ) -> Reply {
-        let mut call = invocation(&scripts.acquire, keys);
-        call.arg(token).arg(ttl_ms);
         if let [key] = keys {
             match self.set_nx_px(key, token, ttl_ms).await {
                 Reply::Fail(_, Some(e)) if dropped(&e) => {}
                 reply => return reply,
             }
         }
-        self.repeatable(&call, |n| n == 1).await
+        // Boxed: the common single-key path keeps a small future.
+        Box::pin(async {
+            let mut call = invocation(&scripts.acquire, keys);
+            call.arg(token).arg(ttl_ms);
+            self.repeatable(&call, |n| n == 1).await
+        })
+        .await
     }
 
     /// As `acquire`, reading the keys' fencing counters (`fence_keys`) in

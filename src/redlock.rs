@@ -177,26 +177,34 @@ impl Redlock {
         if resources.is_empty() {
             return Err(Error::InvalidInput("no resources were given"));
         }
+        if let [resource] = resources {
+            // One resource: no list to build.
+            let key = self.checked_key(resource)?;
+            return Ok(Arc::from([key]));
+        }
         let mut keys: Vec<Arc<str>> = Vec::with_capacity(resources.len());
         for resource in resources {
-            if resource.is_empty() {
-                return Err(Error::InvalidInput("resource name is empty"));
-            }
-            let key = self.key_of(resource);
-            if key.starts_with(FENCE_PREFIX) {
-                return Err(Error::InvalidInput(
-                    "keys starting with `quorumlock:fence:` are reserved for fencing counters",
-                ));
-            }
-            keys.push(key);
+            keys.push(self.checked_key(resource)?);
         }
-        if keys.len() > 1 {
-            let mut seen = std::collections::HashSet::with_capacity(keys.len());
-            if !keys.iter().all(|k| seen.insert(&**k)) {
-                return Err(Error::InvalidInput("a resource is named twice"));
-            }
+        let mut seen = std::collections::HashSet::with_capacity(keys.len());
+        if !keys.iter().all(|k| seen.insert(&**k)) {
+            return Err(Error::InvalidInput("a resource is named twice"));
         }
         Ok(keys.into())
+    }
+
+    /// The key of one resource, checked: not empty, not reserved.
+    fn checked_key(&self, resource: &str) -> Result<Arc<str>, Error> {
+        if resource.is_empty() {
+            return Err(Error::InvalidInput("resource name is empty"));
+        }
+        let key = self.key_of(resource);
+        if key.starts_with(FENCE_PREFIX) {
+            return Err(Error::InvalidInput(
+                "keys starting with `quorumlock:fence:` are reserved for fencing counters",
+            ));
+        }
+        Ok(key)
     }
 
     /// The retry loop shared by `acquire` and `acquire_many`.
