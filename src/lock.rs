@@ -8,7 +8,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use tokio::sync::watch;
+use tokio::sync::Notify;
+
+use crate::link::lock;
 
 use crate::cleanup::{in_flight, Cleanup, InFlight};
 use crate::error::LossCause;
@@ -41,7 +43,10 @@ struct Shared {
     keys: Keys,
     token: Arc<str>,
     fence: Option<u64>,
-    status: watch::Sender<Status>,
+    /// The current status; `changed` wakes the waiters of `lost()` and the
+    /// keep-alive task whenever it changes.
+    status: std::sync::Mutex<Status>,
+    changed: Notify,
     /// One extend at a time, whether the holder's or the keep-alive's.
     extending: tokio::sync::Mutex<()>,
     /// Where background releases run, even if the lock is dropped on a
@@ -55,22 +60,32 @@ impl Shared {
     }
 
     fn status(&self) -> Status {
-        *self.status.borrow()
+        *lock(&self.status)
+    }
+
+    /// Changes the status and wakes whoever waits for a change; returns
+    /// the status it had before.
+    fn update(&self, change: impl FnOnce(&mut Status)) -> Status {
+        let before = {
+            let mut s = lock(&self.status);
+            let before = *s;
+            change(&mut s);
+            before
+        };
+        self.changed.notify_waiters();
+        before
     }
 
     /// Marks the lock released (and lost with `cause`, if given); returns
     /// the status it had before, so exactly one caller starts the release.
     fn mark_released(&self, cause: Option<LossCause>) -> Status {
-        let mut before = self.status();
-        self.status.send_modify(|s| {
-            before = *s;
+        self.update(|s| {
             s.released = true;
             if cause.is_some() && !s.lost {
                 s.lost = true;
                 s.cause = cause;
             }
-        });
-        before
+        })
     }
 
     fn is_held(&self) -> bool {
@@ -171,7 +186,7 @@ impl Shared {
                     ?validity,
                     "quorumlock extended"
                 );
-                self.status.send_modify(|s| {
+                self.update(|s| {
                     s.deadline = (start + validity).into_std();
                     s.validity = validity;
                     s.ttl = plan.ttl;
@@ -195,15 +210,18 @@ impl Shared {
     /// Completes when ownership can no longer be guaranteed: the lock was
     /// lost, released, or its deadline is about to pass.
     async fn lost(&self) {
-        let mut status = self.status.subscribe();
         loop {
-            let s = *status.borrow_and_update();
+            // Registered before the status is read: no change is missed.
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            let s = self.status();
             if s.lost || s.released {
                 return;
             }
             let fire_at = s.deadline.checked_sub(LOST_MARGIN).unwrap_or(s.deadline);
             tokio::select! {
-                changed = status.changed() => if changed.is_err() { return },
+                () = changed => {}
                 () = tokio::time::sleep_until(fire_at.into()) => return,
             }
         }
@@ -299,12 +317,15 @@ impl Drop for KeepAliveTask {
 /// deadline.
 async fn keep_alive(shared: Arc<Shared>, policy: KeepAlive) {
     let stop_at = policy.max_hold.and_then(|d| Instant::now().checked_add(d));
-    let mut status = shared.status.subscribe();
     // Unconfirmed extensions in a row, and when to try the next one.
     let mut retries: u32 = 0;
     let mut retry_at: Option<Instant> = None;
     loop {
-        let s = *status.borrow_and_update();
+        // Registered before the status is read: no change is missed.
+        let changed = shared.changed.notified();
+        tokio::pin!(changed);
+        changed.as_mut().enable();
+        let s = shared.status();
         if s.lost || s.released {
             return;
         }
@@ -318,10 +339,7 @@ async fn keep_alive(shared: Arc<Shared>, policy: KeepAlive) {
         }
         tokio::select! {
             // A manual extend moved the deadline: plan again.
-            changed = status.changed() => {
-                if changed.is_err() {
-                    return;
-                }
+            () = changed => {
                 retries = 0;
                 retry_at = None;
             }
@@ -398,7 +416,8 @@ impl Lock {
             keys,
             token,
             fence,
-            status: watch::Sender::new(status),
+            status: std::sync::Mutex::new(status),
+            changed: Notify::new(),
             extending: tokio::sync::Mutex::new(()),
             runtime: tokio::runtime::Handle::try_current().ok(),
         };
