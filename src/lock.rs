@@ -4,6 +4,7 @@
 //! a detached task, so a panic or an early return never leaves the resource
 //! blocked for a whole TTL.
 
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -14,7 +15,7 @@ use crate::link::lock;
 
 use crate::cleanup::{in_flight, Cleanup, InFlight};
 use crate::error::LossCause;
-use crate::quorum::{self, Decision};
+use crate::quorum::{self, Decision, Reply};
 use crate::redlock::{Inner, Keys};
 use crate::Error;
 
@@ -47,6 +48,10 @@ struct Shared {
     /// keep-alive task whenever it changes.
     status: std::sync::Mutex<Status>,
     changed: Notify,
+    /// Nodes where the release deleted our key, final once `settled`.
+    deleted: AtomicU64,
+    settled: AtomicBool,
+    settle: Notify,
     /// One extend at a time, whether the holder's or the keep-alive's.
     extending: tokio::sync::Mutex<()>,
     /// Where background releases run, even if the lock is dropped on a
@@ -74,6 +79,18 @@ impl Shared {
         };
         self.changed.notify_waiters();
         before
+    }
+
+    /// Whether the release's compare-and-delete removed our key on `node`;
+    /// waits for the release's replies, at most the node timeout.
+    async fn deleted_by_release(&self, node: usize) -> bool {
+        let settled = self.settle.notified();
+        tokio::pin!(settled);
+        settled.as_mut().enable();
+        if !self.settled.load(Ordering::Acquire) {
+            let _ = tokio::time::timeout(self.inner.node_timeout, settled).await;
+        }
+        self.deleted.load(Ordering::Acquire) & (1u64 << node) != 0
     }
 
     /// Marks the lock released (and lost with `cause`, if given); returns
@@ -287,7 +304,16 @@ async fn watch_late_sets(shared: Arc<Shared>, mut sets: InFlight) {
     let ttl = shared.status().ttl;
     let work = async {
         while let Some((i, reply)) = sets.next().await {
-            if reply.may_have_landed() && shared.status().released {
+            if !(reply.may_have_landed() && shared.status().released) {
+                continue;
+            }
+            if matches!(reply, Reply::Yes) && shared.deleted_by_release(i).await {
+                // The release found and deleted our key there: this SET
+                // landed before it, and it was the attempt's only SET on
+                // that node (a repeated one says `YesRetried`).
+                continue;
+            }
+            {
                 let inner = &shared.inner;
                 inner.nodes[i]
                     .release(&inner.scripts, &shared.keys, &shared.token, false)
@@ -418,6 +444,9 @@ impl Lock {
             fence,
             status: std::sync::Mutex::new(status),
             changed: Notify::new(),
+            deleted: AtomicU64::new(0),
+            settled: AtomicBool::new(false),
+            settle: Notify::new(),
             extending: tokio::sync::Mutex::new(()),
             runtime: tokio::runtime::Handle::try_current().ok(),
         };
@@ -612,6 +641,11 @@ impl Lock {
             .inner
             .release_quorum(&self.shared.keys, &self.shared.token, true)
             .await;
+        self.shared
+            .deleted
+            .fetch_or(tally.yes_nodes(), Ordering::AcqRel);
+        self.shared.settled.store(true, Ordering::Release);
+        self.shared.settle.notify_waiters();
         if let Some(cleanup) = guard.0.take() {
             cleanup.finishing(pending).run(runtime.as_ref());
         }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use redis::{
-    ErrorKind, FromRedisValue, RedisError, Script, ScriptInvocation, ServerErrorKind, Value,
+    Cmd, ErrorKind, FromRedisValue, RedisError, Script, ScriptInvocation, ServerErrorKind, Value,
 };
 
 use crate::error::FailureKind;
@@ -27,6 +27,17 @@ pub(crate) struct Scripts {
 }
 
 impl Scripts {
+    /// The release script's `EVALSHA` for `keys`, to send to every node.
+    pub(crate) fn release_cmd(&self, keys: &[Arc<str>], token: &str, announce: bool) -> Cmd {
+        let mut cmd = redis::cmd("EVALSHA");
+        cmd.arg(self.release.get_hash()).arg(keys.len());
+        for key in keys {
+            cmd.arg(&**key);
+        }
+        cmd.arg(token).arg(if announce { "1" } else { "0" });
+        cmd
+    }
+
     pub(crate) fn new() -> Self {
         Self {
             acquire: Script::new(include_str!("scripts/acquire.lua")),
@@ -36,6 +47,17 @@ impl Scripts {
             fence_commit: Script::new(include_str!("scripts/fence_commit.lua")),
         }
     }
+}
+
+/// `SET key token NX PX ttl_ms`, with `GET` (Redis 7 and later) so that a
+/// refusal names its holder and a key of another type is reported.
+pub(crate) fn set_nx_px_cmd(key: &str, token: &str, ttl_ms: u64, get: bool) -> Cmd {
+    let mut cmd = redis::cmd("SET");
+    cmd.arg(key).arg(token).arg("NX").arg("PX").arg(ttl_ms);
+    if get {
+        cmd.arg("GET");
+    }
+    cmd
 }
 
 /// An invocation of `script` with `keys` as its KEYS.
@@ -94,26 +116,35 @@ impl Node {
     /// all or nothing by the acquire script. If the connection dropped under
     /// a single key's SET, the script is the retry on a fresh connection: it
     /// also counts our own token as success (the first SET may have landed).
+    /// `with_get` is the single key's `SET .. NX PX .. GET`, built once for
+    /// every node ([`set_nx_px_cmd`]); nodes older than Redis 7 build their
+    /// own without `GET`.
     pub(crate) async fn acquire(
         &self,
         scripts: &Scripts,
         keys: &[Arc<str>],
         token: &str,
         ttl_ms: u64,
+        with_get: Option<&Cmd>,
     ) -> Reply {
+        let mut retry = false;
         if let [key] = keys {
-            match self.set_nx_px(key, token, ttl_ms).await {
-                Reply::Fail(_, Some(e)) if dropped(&e) => {}
+            match self.set_nx_px(key, token, ttl_ms, with_get).await {
+                Reply::Fail(_, Some(e)) if dropped(&e) => retry = true,
                 reply => return reply,
             }
         }
         // Boxed: the common single-key path keeps a small future.
-        Box::pin(async {
+        let reply = Box::pin(async {
             let mut call = invocation(&scripts.acquire, keys);
             call.arg(token).arg(ttl_ms);
             self.repeatable(&call, |n| n == 1).await
         })
-        .await
+        .await;
+        match reply {
+            Reply::Yes if retry => Reply::YesRetried,
+            reply => reply,
+        }
     }
 
     /// As `acquire`, reading the keys' fencing counters (`fence_keys`) in
@@ -155,23 +186,31 @@ impl Node {
     /// `SET key token NX PX ttl_ms` once more, for an attempt that leads a
     /// contest (see [`Standing::Lead`](crate::quorum::Standing)).
     pub(crate) async fn ask_again(&self, key: &str, token: &str, ttl_ms: u64) -> Reply {
-        self.set_nx_px(key, token, ttl_ms).await
+        self.set_nx_px(key, token, ttl_ms, None).await
     }
 
     /// On Redis 7 and later `SET .. NX GET`, so that a key of another type
     /// is reported (`WRONGTYPE`) instead of looking held.
-    async fn set_nx_px(&self, key: &str, token: &str, ttl_ms: u64) -> Reply {
+    async fn set_nx_px(
+        &self,
+        key: &str,
+        token: &str,
+        ttl_ms: u64,
+        with_get: Option<&Cmd>,
+    ) -> Reply {
         let call = match self.begin().await {
             Ok(call) => call,
             Err(reply) => return reply,
         };
         let nx_get = call.conn().nx_get;
-        let mut cmd = redis::cmd("SET");
-        cmd.arg(key).arg(token).arg("NX").arg("PX").arg(ttl_ms);
-        if nx_get {
-            cmd.arg("GET");
-        }
-        let result = cmd.query_async::<Value>(&mut call.mux()).await;
+        let result = match with_get.filter(|_| nx_get) {
+            Some(cmd) => cmd.query_async::<Value>(&mut call.mux()).await,
+            None => {
+                set_nx_px_cmd(key, token, ttl_ms, nx_get)
+                    .query_async::<Value>(&mut call.mux())
+                    .await
+            }
+        };
         match self.end(call, result) {
             Ok(Value::Okay) if !nx_get => Reply::Yes,
             Ok(Value::Nil) if nx_get => Reply::Yes,
@@ -209,11 +248,16 @@ impl Node {
         token: &str,
         announce: bool,
     ) -> (Reply, bool) {
-        let mut call = invocation(&scripts.release, keys);
-        call.arg(token).arg(if announce { "1" } else { "0" });
+        let eval = scripts.release_cmd(keys, token, announce);
+        self.release_prepared(scripts, &eval).await
+    }
+
+    /// As [`release_heard`](Self::release_heard), with the command built
+    /// once for every node ([`Scripts::release_cmd`]).
+    pub(crate) async fn release_prepared(&self, scripts: &Scripts, eval: &Cmd) -> (Reply, bool) {
         let mut heard = false;
         let reply = self
-            .repeatable(&call, |n| {
+            .repeatable_cmd(eval, &scripts.release, |n| {
                 heard = n & 2 != 0;
                 n & 1 == 1
             })
@@ -237,19 +281,58 @@ impl Node {
     /// Runs a script that is safe to repeat, once more on a fresh connection
     /// if the first one dropped under it: a reset connection must not leave a
     /// key behind for a whole TTL. `yes` decides which result is a yes.
+    /// As [`repeatable`](Self::repeatable), for an `EVALSHA` built in
+    /// advance: a node that lost its scripts (a restart) is given `script`
+    /// and asked again.
+    async fn repeatable_cmd(
+        &self,
+        eval: &Cmd,
+        script: &Script,
+        mut yes: impl FnMut(i64) -> bool,
+    ) -> Reply {
+        let mut reply = Reply::Fail(FailureKind::Unreachable, None);
+        for again in [false, true] {
+            let call = match self.begin().await {
+                Ok(call) => call,
+                Err(reply) => return reply,
+            };
+            let mut mux = call.mux();
+            let mut result = eval.query_async::<i64>(&mut mux).await;
+            if matches!(&result, Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript))
+            {
+                result = match script.prepare_invoke().load_async(&mut mux).await {
+                    Ok(_) => eval.query_async::<i64>(&mut mux).await,
+                    Err(e) => Err(e),
+                };
+            }
+            reply = match self.end(call, result) {
+                Ok(n) if yes(n) && again => Reply::YesRetried,
+                Ok(n) if yes(n) => Reply::Yes,
+                Ok(_) => Reply::No,
+                Err(reply) => reply,
+            };
+            match &reply {
+                Reply::Fail(_, Some(e)) if dropped(e) => continue,
+                _ => break,
+            }
+        }
+        reply
+    }
+
     async fn repeatable(
         &self,
         invocation: &ScriptInvocation<'_>,
         mut yes: impl FnMut(i64) -> bool,
     ) -> Reply {
         let mut reply = Reply::Fail(FailureKind::Unreachable, None);
-        for _ in 0..2 {
+        for again in [false, true] {
             let call = match self.begin().await {
                 Ok(call) => call,
                 Err(reply) => return reply,
             };
             let result = invocation.invoke_async::<i64>(&mut call.mux()).await;
             reply = match self.end(call, result) {
+                Ok(n) if yes(n) && again => Reply::YesRetried,
                 Ok(n) if yes(n) => Reply::Yes,
                 Ok(_) => Reply::No,
                 Err(reply) => reply,

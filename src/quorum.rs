@@ -38,6 +38,9 @@ pub(crate) fn validity(ttl: Duration, elapsed: Duration, drift: Duration) -> Opt
 pub(crate) enum Reply {
     /// The node did what was asked (`OK`, or the script returned 1).
     Yes,
+    /// As `Yes`, from a second try after the first one's connection
+    /// dropped: the first may have landed too (at another moment).
+    YesRetried,
     /// The node answered and refused: the key is someone else's (or absent).
     No,
     /// As `No`, naming the token that holds the key (`SET .. NX GET`).
@@ -50,7 +53,7 @@ impl Reply {
     /// Our write may have reached the node: it said yes, or we never heard.
     pub(crate) fn may_have_landed(&self) -> bool {
         match self {
-            Reply::Yes => true,
+            Reply::Yes | Reply::YesRetried => true,
             Reply::No | Reply::Held(_) => false,
             Reply::Fail(kind, _) => kind.is_silent(),
         }
@@ -85,6 +88,8 @@ pub(crate) struct Tally {
     holders: Vec<(usize, Arc<str>)>,
     /// The deadline passed with nodes still silent.
     expired: bool,
+    /// Bit `i` is set once node `i` said yes.
+    yes_nodes: u64,
 }
 
 /// Where an attempt stands in a contest: several clients each won some
@@ -117,6 +122,7 @@ impl Tally {
             abandoned: false,
             holders: Vec::new(),
             expired: false,
+            yes_nodes: 0,
         }
     }
 
@@ -179,6 +185,11 @@ impl Tally {
         (0..self.nodes).filter(move |&i| self.heard & (1u64 << i) == 0)
     }
 
+    /// The nodes that said yes, as a bit set.
+    pub(crate) fn yes_nodes(&self) -> u64 {
+        self.yes_nodes
+    }
+
     /// Nodes were still silent when the deadline passed: they really timed
     /// out (nodes still silent after an early decision did not).
     pub(crate) fn expired(&self) -> bool {
@@ -198,7 +209,10 @@ impl Tally {
         }
         self.heard |= bit;
         match reply {
-            Reply::Yes => self.yes += 1,
+            Reply::Yes | Reply::YesRetried => {
+                self.yes += 1;
+                self.yes_nodes |= bit;
+            }
             Reply::No => self.no += 1,
             Reply::Held(token) => {
                 self.no += 1;

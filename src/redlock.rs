@@ -14,7 +14,7 @@ use crate::cleanup::{in_flight, merge, Cleanup, InFlight};
 use crate::error::FailureKind;
 use crate::fanout::Fanout;
 use crate::lock::{Guard, KeepAlive, Lock};
-use crate::node::{Node, Scripts};
+use crate::node::{set_nx_px_cmd, Node, Scripts};
 use crate::quorum::{self, Decision, Patience, Reply, Standing, Tally};
 use crate::wake::{Wakeups, Watch, COURTESY};
 use crate::Error;
@@ -488,12 +488,12 @@ impl Inner {
         token: &Arc<str>,
         announce: bool,
     ) -> (Tally, Option<InFlight>) {
+        // One command for every node.
+        let eval = Arc::new(self.scripts.release_cmd(keys, token, announce));
         let mut calls = self.fan_out(|inner, i| {
-            let (keys, token) = (keys.clone(), token.clone());
+            let (keys, eval) = (keys.clone(), eval.clone());
             async move {
-                let (reply, heard) = inner.nodes[i]
-                    .release_heard(&inner.scripts, &keys, &token, announce)
-                    .await;
+                let (reply, heard) = inner.nodes[i].release_prepared(&inner.scripts, &eval).await;
                 if heard {
                     inner.wakeups.released_to_waiters(&keys);
                 }
@@ -577,15 +577,26 @@ async fn attempt_in_span(inner: &Arc<Inner>, keys: Keys, plan: Plan) -> Result<L
     let counters: Option<Arc<[AtomicU64]>> = fence_keys
         .as_ref()
         .map(|_| (0..inner.nodes.len()).map(|_| AtomicU64::new(0)).collect());
+    // A single key's SET, built once for every node.
+    let with_get: Option<Arc<redis::Cmd>> = match (&keys[..], &fence_keys) {
+        ([key], None) => Some(Arc::new(set_nx_px_cmd(key, &token, plan.ttl_ms, true))),
+        _ => None,
+    };
     let mut calls = inner.fan_out(|inner, i| {
-        let (keys, token) = (keys.clone(), token.clone());
+        let (keys, token, with_get) = (keys.clone(), token.clone(), with_get.clone());
         let (fence_keys, counters) = (fence_keys.clone(), counters.clone());
         async move {
             let node = &inner.nodes[i];
             let reply = match fence_keys.zip(counters) {
                 None => {
-                    node.acquire(&inner.scripts, &keys, &token, plan.ttl_ms)
-                        .await
+                    node.acquire(
+                        &inner.scripts,
+                        &keys,
+                        &token,
+                        plan.ttl_ms,
+                        with_get.as_deref(),
+                    )
+                    .await
                 }
                 Some((fence_keys, counters)) => {
                     let (reply, counter) = node
