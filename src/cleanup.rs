@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use futures::{Future, FutureExt, Stream, StreamExt};
 
+use crate::backoff::Backoff;
+use crate::error::FailureKind;
 use crate::fanout::Fanout;
 use crate::quorum::Reply;
 use crate::redlock::{Inner, Keys};
@@ -32,6 +34,8 @@ pub(crate) struct Cleanup {
     release_all: bool,
     /// Wake waiters when deleting (a holder's release, not a failed attempt).
     announce: bool,
+    /// `pending` are deletes: one that got no answer is sent again.
+    pending_deletes: bool,
 }
 
 impl Cleanup {
@@ -56,6 +60,7 @@ impl Cleanup {
             redelete: Vec::new(),
             release_all: true,
             announce: false,
+            pending_deletes: true,
         }
     }
 
@@ -68,7 +73,22 @@ impl Cleanup {
     /// Nothing new to send: only finish `pending` (and any late sets).
     pub(crate) fn finishing(mut self, pending: Option<InFlight>) -> Self {
         self.release_all = false;
+        self.pending_deletes = false;
         self.pending = pending;
+        self
+    }
+
+    /// Also delete on these nodes (their delete got no answer).
+    pub(crate) fn deleting_again(mut self, nodes: impl IntoIterator<Item = usize>) -> Self {
+        self.redelete.extend(nodes);
+        self
+    }
+
+    /// As [`finishing`](Self::finishing), `pending` being the release's
+    /// deletes: one that got no answer is sent again.
+    pub(crate) fn finishing_deletes(mut self, pending: Option<InFlight>) -> Self {
+        self = self.finishing(pending);
+        self.pending_deletes = true;
         self
     }
 
@@ -87,8 +107,13 @@ impl Cleanup {
 
     /// Reads replies that are already in; `true` when nothing is left.
     fn drain_ready(&mut self) -> bool {
-        drain(&mut self.pending, |_| {});
         let redelete = &mut self.redelete;
+        let pending_deletes = self.pending_deletes;
+        drain(&mut self.pending, |(i, reply)| {
+            if pending_deletes && unanswered_reply(&reply) {
+                redelete.push(i);
+            }
+        });
         drain(&mut self.late_sets, |(i, reply)| {
             if reply.may_have_landed() {
                 redelete.push(i);
@@ -107,35 +132,71 @@ impl Cleanup {
         } = &self;
         let (inner, keys, token, ttl) = (inner.clone(), keys.clone(), token.clone(), *ttl);
         let work = async {
+            let mut unanswered = Vec::new();
             if self.release_all {
-                let (_, leftover) = inner.release_quorum(&keys, &token, self.announce).await;
+                let (tally, leftover) = inner.release_quorum(&keys, &token, self.announce).await;
+                // Calls still out are in `leftover`; these failed outright.
+                unanswered.extend(
+                    tally
+                        .failures()
+                        .iter()
+                        .filter(|f| f.kind() == FailureKind::Unreachable)
+                        .map(|f| f.node()),
+                );
                 self.pending = leftover;
             }
-            for i in std::mem::take(&mut self.redelete) {
-                inner.nodes[i]
-                    .release(&inner.scripts, &keys, &token, false)
-                    .await;
-            }
+            unanswered.append(&mut self.redelete);
+            let again = futures::future::join_all(
+                unanswered
+                    .into_iter()
+                    .map(|i| delete_on(&inner, i, &keys, &token)),
+            );
+            let pending_deletes = self.pending_deletes;
             let pending = async {
                 if let Some(p) = self.pending.as_mut() {
-                    while p.next().await.is_some() {}
+                    while let Some((i, reply)) = p.next().await {
+                        if pending_deletes && unanswered_reply(&reply) {
+                            delete_on(&inner, i, &keys, &token).await;
+                        }
+                    }
                 }
             };
             let late = async {
                 if let Some(sets) = self.late_sets.as_mut() {
                     while let Some((i, reply)) = sets.next().await {
                         if reply.may_have_landed() {
-                            inner.nodes[i]
-                                .release(&inner.scripts, &keys, &token, false)
-                                .await;
+                            delete_on(&inner, i, &keys, &token).await;
                         }
                     }
                 }
             };
-            futures::join!(pending, late);
+            futures::join!(again, pending, late);
         };
         // After a TTL every key of ours has expired anyway.
         let _ = tokio::time::timeout(ttl, work).await;
+    }
+}
+
+/// The node could not be heard: a delete may not have run.
+fn unanswered_reply(reply: &Reply) -> bool {
+    matches!(reply, Reply::Fail(kind, _) if kind.is_silent())
+}
+
+/// Deletes our keys on `node`, sending the delete again (after a jittered
+/// backoff) while the node cannot be heard: under resets or a dropped
+/// connection, one lost delete would leave our key blocking the resource
+/// for a whole TTL. Callers bound it by the TTL, after which the key is
+/// gone anyway.
+pub(crate) async fn delete_on(inner: &Inner, node: usize, keys: &[Arc<str>], token: &str) {
+    let mut backoff = Backoff::default();
+    loop {
+        let reply = inner.nodes[node]
+            .release(&inner.scripts, keys, token, false)
+            .await;
+        if !unanswered_reply(&reply) {
+            return;
+        }
+        tokio::time::sleep(backoff.fail()).await;
     }
 }
 

@@ -13,8 +13,8 @@ use tokio::sync::Notify;
 
 use crate::link::lock;
 
-use crate::cleanup::{in_flight, Cleanup, InFlight};
-use crate::error::LossCause;
+use crate::cleanup::{delete_on, in_flight, Cleanup, InFlight};
+use crate::error::{FailureKind, LossCause};
 use crate::quorum::{self, Decision, Reply};
 use crate::redlock::{Inner, Keys};
 use crate::Error;
@@ -313,12 +313,7 @@ async fn watch_late_sets(shared: Arc<Shared>, mut sets: InFlight) {
                 // that node (a repeated one says `YesRetried`).
                 continue;
             }
-            {
-                let inner = &shared.inner;
-                inner.nodes[i]
-                    .release(&inner.scripts, &shared.keys, &shared.token, false)
-                    .await;
-            }
+            delete_on(&shared.inner, i, &shared.keys, &shared.token).await;
         }
     };
     let _ = tokio::time::timeout(ttl, work).await;
@@ -647,7 +642,15 @@ impl Lock {
         self.shared.settled.store(true, Ordering::Release);
         self.shared.settle.notify_waiters();
         if let Some(cleanup) = guard.0.take() {
-            cleanup.finishing(pending).run(runtime.as_ref());
+            let unanswered = tally
+                .failures()
+                .iter()
+                .filter(|f| f.kind() == FailureKind::Unreachable)
+                .map(|f| f.node());
+            cleanup
+                .finishing_deletes(pending)
+                .deleting_again(unanswered)
+                .run(runtime.as_ref());
         }
         if before.lost || before.released {
             Err(self.shared.loss())
