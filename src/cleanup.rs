@@ -4,15 +4,17 @@
 //! when something is really still pending.
 
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{Future, FutureExt, Stream, StreamExt};
 
 use crate::backoff::Backoff;
+use crate::builder::health_limit;
 use crate::error::FailureKind;
 use crate::fanout::Fanout;
-use crate::quorum::Reply;
+use crate::quorum::{Reply, Tally};
 use crate::redlock::{Inner, Keys};
 
 /// Calls still in flight, each yielding its node index and reply.
@@ -36,6 +38,8 @@ pub(crate) struct Cleanup {
     announce: bool,
     /// `pending` are deletes: one that got no answer is sent again.
     pending_deletes: bool,
+    /// Nodes whose delete is among `pending` (bit `i` for node `i`).
+    waiting: u64,
 }
 
 impl Cleanup {
@@ -61,6 +65,7 @@ impl Cleanup {
             release_all: true,
             announce: false,
             pending_deletes: true,
+            waiting: 0,
         }
     }
 
@@ -75,6 +80,14 @@ impl Cleanup {
         self.release_all = false;
         self.pending_deletes = false;
         self.pending = pending;
+        self
+    }
+
+    /// The nodes whose deletes are among the pending calls: one that stays
+    /// unanswered past the health limit (a request lost with a silent
+    /// connection) is sent again on a fresh one.
+    pub(crate) fn waiting_on(mut self, nodes: u64) -> Self {
+        self.waiting |= nodes;
         self
     }
 
@@ -109,7 +122,9 @@ impl Cleanup {
     fn drain_ready(&mut self) -> bool {
         let redelete = &mut self.redelete;
         let pending_deletes = self.pending_deletes;
+        let waiting = &mut self.waiting;
         drain(&mut self.pending, |(i, reply)| {
+            *waiting &= !(1u64 << i);
             if pending_deletes && unanswered_reply(&reply) {
                 redelete.push(i);
             }
@@ -143,6 +158,7 @@ impl Cleanup {
                         .filter(|f| f.kind() == FailureKind::Unreachable)
                         .map(|f| f.node()),
                 );
+                self.waiting |= still_out(&tally);
                 self.pending = leftover;
             }
             unanswered.append(&mut self.redelete);
@@ -152,12 +168,34 @@ impl Cleanup {
                     .map(|i| delete_on(&inner, i, &keys, &token)),
             );
             let pending_deletes = self.pending_deletes;
+            let waiting = AtomicU64::new(if pending_deletes { self.waiting } else { 0 });
             let pending = async {
                 if let Some(p) = self.pending.as_mut() {
                     while let Some((i, reply)) = p.next().await {
+                        waiting.fetch_and(!(1u64 << i), Ordering::AcqRel);
                         if pending_deletes && unanswered_reply(&reply) {
                             delete_on(&inner, i, &keys, &token).await;
                         }
+                    }
+                }
+            };
+            // Deletes still unanswered at the health limit are sent again;
+            // usually `pending` is done long before and nothing waits.
+            let pending = async {
+                tokio::pin!(pending);
+                if waiting.load(Ordering::Acquire) == 0 {
+                    return pending.await;
+                }
+                tokio::select! {
+                    () = &mut pending => {}
+                    () = tokio::time::sleep(health_limit(inner.node_timeout)) => {
+                        let stuck = waiting.load(Ordering::Acquire);
+                        let nodes = (0..inner.nodes.len()).filter(|i| stuck & (1u64 << i) != 0);
+                        futures::future::join_all(
+                            nodes.map(|i| delete_on(&inner, i, &keys, &token)),
+                        )
+                        .await;
+                        pending.await;
                     }
                 }
             };
@@ -175,6 +213,15 @@ impl Cleanup {
         // After a TTL every key of ours has expired anyway.
         let _ = tokio::time::timeout(ttl, work).await;
     }
+}
+
+/// The nodes still silent when `tally` was closed: their calls are out.
+pub(crate) fn still_out(tally: &Tally) -> u64 {
+    tally
+        .failures()
+        .iter()
+        .filter(|f| matches!(f.kind(), FailureKind::TimedOut(_)))
+        .fold(0, |bits, f| bits | 1u64 << f.node())
 }
 
 /// The node could not be heard: a delete may not have run.

@@ -13,7 +13,7 @@ use tokio::sync::Notify;
 
 use crate::link::lock;
 
-use crate::cleanup::{delete_on, in_flight, Cleanup, InFlight};
+use crate::cleanup::{delete_on, in_flight, still_out, Cleanup, InFlight};
 use crate::error::{FailureKind, LossCause};
 use crate::quorum::{self, Decision, Reply};
 use crate::redlock::{Inner, Keys};
@@ -649,6 +649,7 @@ impl Lock {
                 .map(|f| f.node());
             cleanup
                 .finishing_deletes(pending)
+                .waiting_on(still_out(&tally))
                 .deleting_again(unanswered)
                 .run(runtime.as_ref());
         }
