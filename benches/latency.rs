@@ -542,7 +542,7 @@ async fn main() {
             );
             return;
         }
-        let pairs = if quick { 1 } else { 5 };
+        let pairs = if quick { 1 } else { 8 };
         let (f, l, m) = throughput(&urls, pairs, "both").await;
         let secs = f64::from(pairs);
         table.row(

@@ -656,6 +656,7 @@ impl Lock {
         if before.lost || before.released {
             Err(self.shared.loss())
         } else if tally.votes() >= tally.quorum() {
+            self.shared.inner.wakeups.released_here(&self.shared.keys);
             Ok(())
         } else if tally.held_elsewhere() {
             let source = tally.first_error(|_| true);

@@ -79,6 +79,8 @@ pub(crate) struct Wakeups {
     courtesy: Mutex<Courtesy>,
     /// `courtesy` is not empty: the uncontended path skips its lock.
     courteous: AtomicBool,
+    /// Some waiter is registered (kept in step with `waiters`).
+    watched: AtomicBool,
 }
 
 impl Wakeups {
@@ -95,6 +97,7 @@ impl Wakeups {
             listeners: Mutex::default(),
             courtesy: Mutex::default(),
             courteous: AtomicBool::new(false),
+            watched: AtomicBool::new(false),
         }
     }
 
@@ -150,6 +153,7 @@ impl Wakeups {
                     notify: notify.clone(),
                 });
             }
+            self.watched.store(true, Ordering::Release);
             (id, new)
         };
         // From here on, dropping `watch` undoes the registration.
@@ -220,6 +224,18 @@ impl Wakeups {
         }
     }
 
+    /// This manager released `keys` on a quorum: its own waiters are woken
+    /// at once, without waiting for the announcement to come back from the
+    /// nodes (that one is then taken as the same release).
+    pub(crate) fn released_here(&self, keys: &[Arc<str>]) {
+        if !self.watched.load(Ordering::Acquire) {
+            return;
+        }
+        for key in keys {
+            self.wake(&format!("{CHANNEL_PREFIX}{key}"));
+        }
+    }
+
     /// Someone waits for a release.
     fn is_watching(&self) -> bool {
         !lock(&self.waiters).by_channel.is_empty()
@@ -261,6 +277,9 @@ impl Drop for Watch {
                     unused.push(channel.clone());
                 }
             }
+            self.wakeups
+                .watched
+                .store(!w.by_channel.is_empty(), Ordering::Release);
         }
         if !unused.is_empty() {
             self.wakeups.send(|| Request::Unsubscribe(unused.clone()));
