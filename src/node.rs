@@ -7,9 +7,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use redis::{
-    Cmd, ErrorKind, FromRedisValue, RedisError, Script, ScriptInvocation, ServerErrorKind, Value,
-};
+use redis::{Cmd, ErrorKind, FromRedisValue, RedisError, Script, ServerErrorKind, Value};
 
 use crate::error::FailureKind;
 use crate::link::{Call, Link};
@@ -29,11 +27,7 @@ pub(crate) struct Scripts {
 impl Scripts {
     /// The release script's `EVALSHA` for `keys`, to send to every node.
     pub(crate) fn release_cmd(&self, keys: &[Arc<str>], token: &str, announce: bool) -> Cmd {
-        let mut cmd = redis::cmd("EVALSHA");
-        cmd.arg(self.release.get_hash()).arg(keys.len());
-        for key in keys {
-            cmd.arg(&**key);
-        }
+        let mut cmd = evalsha(&self.release, keys, &[]);
         cmd.arg(token).arg(if announce { "1" } else { "0" });
         cmd
     }
@@ -61,15 +55,15 @@ pub(crate) fn set_nx_px_cmd(key: &str, token: &str, ttl_ms: u64, get: bool) -> C
 }
 
 /// An invocation of `script` with `keys` as its KEYS.
-fn invocation<'a>(
-    script: &'a Script,
-    keys: impl IntoIterator<Item = &'a Arc<str>>,
-) -> ScriptInvocation<'a> {
-    let mut call = script.prepare_invoke();
-    for key in keys {
-        call.key(&**key);
+/// `EVALSHA` of `script` with `keys` and then `more` as its KEYS; the
+/// caller adds ARGV. Built once, it can be sent to every node.
+fn evalsha(script: &Script, keys: &[Arc<str>], more: &[Arc<str>]) -> Cmd {
+    let mut cmd = redis::cmd("EVALSHA");
+    cmd.arg(script.get_hash()).arg(keys.len() + more.len());
+    for key in keys.iter().chain(more) {
+        cmd.arg(&**key);
     }
-    call
+    cmd
 }
 
 /// A connection to one node. Cheap to share: the link is a handle.
@@ -136,9 +130,9 @@ impl Node {
         }
         // Boxed: the common single-key path keeps a small future.
         let reply = Box::pin(async {
-            let mut call = invocation(&scripts.acquire, keys);
-            call.arg(token).arg(ttl_ms);
-            self.repeatable(&call, |n| n == 1).await
+            let mut cmd = evalsha(&scripts.acquire, keys, &[]);
+            cmd.arg(token).arg(ttl_ms);
+            self.repeatable(&cmd, &scripts.acquire, |n| n == 1).await
         })
         .await;
         match reply {
@@ -157,11 +151,12 @@ impl Node {
         token: &str,
         ttl_ms: u64,
     ) -> (Reply, Option<u64>) {
-        let mut call = invocation(&scripts.acquire_fenced, keys.iter().chain(fence_keys));
-        call.arg(token).arg(ttl_ms).arg(keys.len());
+        let script = &scripts.acquire_fenced;
+        let mut cmd = evalsha(script, keys, fence_keys);
+        cmd.arg(token).arg(ttl_ms).arg(keys.len());
         let mut counter = None;
         let reply = self
-            .repeatable(&call, |n| {
+            .repeatable(&cmd, script, |n| {
                 counter = u64::try_from(n).ok();
                 counter.is_some()
             })
@@ -178,9 +173,10 @@ impl Node {
         token: &str,
         fence: u64,
     ) -> Reply {
-        let mut call = invocation(&scripts.fence_commit, keys.iter().chain(fence_keys));
-        call.arg(token).arg(fence).arg(keys.len());
-        self.repeatable(&call, |n| n == 1).await
+        let script = &scripts.fence_commit;
+        let mut cmd = evalsha(script, keys, fence_keys);
+        cmd.arg(token).arg(fence).arg(keys.len());
+        self.repeatable(&cmd, script, |n| n == 1).await
     }
 
     /// `SET key token NX PX ttl_ms` once more, for an attempt that leads a
@@ -257,7 +253,7 @@ impl Node {
     pub(crate) async fn release_prepared(&self, scripts: &Scripts, eval: &Cmd) -> (Reply, bool) {
         let mut heard = false;
         let reply = self
-            .repeatable_cmd(eval, &scripts.release, |n| {
+            .repeatable(eval, &scripts.release, |n| {
                 heard = n & 2 != 0;
                 n & 1 == 1
             })
@@ -273,18 +269,17 @@ impl Node {
         token: &str,
         ttl_ms: u64,
     ) -> Reply {
-        let mut call = invocation(&scripts.extend, keys);
-        call.arg(token).arg(ttl_ms);
-        self.repeatable(&call, |n| n == 1).await
+        let mut cmd = evalsha(&scripts.extend, keys, &[]);
+        cmd.arg(token).arg(ttl_ms);
+        self.repeatable(&cmd, &scripts.extend, |n| n == 1).await
     }
 
-    /// Runs a script that is safe to repeat, once more on a fresh connection
-    /// if the first one dropped under it: a reset connection must not leave a
-    /// key behind for a whole TTL. `yes` decides which result is a yes.
-    /// As [`repeatable`](Self::repeatable), for an `EVALSHA` built in
-    /// advance: a node that lost its scripts (a restart) is given `script`
-    /// and asked again.
-    async fn repeatable_cmd(
+    /// Runs a script that is safe to repeat (`eval`, built by [`evalsha`]),
+    /// once more on a fresh connection if the first one dropped under it: a
+    /// reset connection must not leave a key behind for a whole TTL. A node
+    /// that lost its scripts (a restart) is given `script` and asked again.
+    /// `yes` decides which result is a yes.
+    async fn repeatable(
         &self,
         eval: &Cmd,
         script: &Script,
@@ -305,32 +300,6 @@ impl Node {
                     Err(e) => Err(e),
                 };
             }
-            reply = match self.end(call, result) {
-                Ok(n) if yes(n) && again => Reply::YesRetried,
-                Ok(n) if yes(n) => Reply::Yes,
-                Ok(_) => Reply::No,
-                Err(reply) => reply,
-            };
-            match &reply {
-                Reply::Fail(_, Some(e)) if dropped(e) => continue,
-                _ => break,
-            }
-        }
-        reply
-    }
-
-    async fn repeatable(
-        &self,
-        invocation: &ScriptInvocation<'_>,
-        mut yes: impl FnMut(i64) -> bool,
-    ) -> Reply {
-        let mut reply = Reply::Fail(FailureKind::Unreachable, None);
-        for again in [false, true] {
-            let call = match self.begin().await {
-                Ok(call) => call,
-                Err(reply) => return reply,
-            };
-            let result = invocation.invoke_async::<i64>(&mut call.mux()).await;
             reply = match self.end(call, result) {
                 Ok(n) if yes(n) && again => Reply::YesRetried,
                 Ok(n) if yes(n) => Reply::Yes,

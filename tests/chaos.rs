@@ -11,32 +11,11 @@ mod support;
 use std::time::{Duration, Instant};
 
 use quorumlock::Error;
-use support::proxy::Proxy;
+use support::proxy::{Net, Proxy};
 use support::witness::{self, Load, Report};
-use support::{eventually, key_count, unique, value, Cluster};
+use support::{eventually, key_count, unique, value};
 
 const RUN: Duration = Duration::from_millis(1500);
-
-/// A trio with a proxy in front of each node.
-struct Net {
-    cluster: Cluster,
-    proxies: Vec<Proxy>,
-}
-
-impl Net {
-    async fn start() -> Option<Self> {
-        let cluster = support::cluster(3)?;
-        let mut proxies = Vec::new();
-        for i in 0..3 {
-            proxies.push(Proxy::start(cluster.port(i)).await);
-        }
-        Some(Self { cluster, proxies })
-    }
-
-    fn urls(&self) -> Vec<String> {
-        self.proxies.iter().map(Proxy::url).collect()
-    }
-}
 
 fn show(scenario: &str, report: &Report) {
     note(scenario, &report.to_string());

@@ -17,43 +17,15 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use support::proxy::Proxy;
+use support::proxy::Net;
+use support::unique;
 use support::witness::{self, Load, Report, Style};
-use support::{unique, Cluster};
 
 /// Length of each measured run.
 const RUN: Duration = Duration::from_secs(3);
 
 /// Share of the no-fault acquisitions a sick node may not push us under.
 const KEEP: f64 = 0.8;
-
-/// A trio with a proxy in front of each node.
-struct Net {
-    cluster: Cluster,
-    proxies: Vec<Proxy>,
-}
-
-impl Net {
-    async fn start() -> Option<Self> {
-        let cluster = support::cluster(3)?;
-        let mut proxies = Vec::new();
-        for i in 0..3 {
-            proxies.push(Proxy::start(cluster.port(i)).await);
-        }
-        Some(Self { cluster, proxies })
-    }
-
-    fn urls(&self) -> Vec<String> {
-        self.proxies.iter().map(Proxy::url).collect()
-    }
-
-    fn heal(&self) {
-        for i in 0..3 {
-            self.cluster.thaw(i);
-            self.proxies[i].heal();
-        }
-    }
-}
 
 #[derive(Clone, Copy, Debug)]
 enum Sickness {

@@ -322,3 +322,35 @@ pub fn scale_ttls(mut args: Vec<Vec<u8>>, speed: f64) -> Vec<Vec<u8>> {
     }
     args
 }
+
+/// A trio of local nodes with a proxy in front of each (for tests that
+/// combine process faults with network faults).
+pub struct Net {
+    pub cluster: super::Cluster,
+    pub proxies: Vec<Proxy>,
+}
+
+impl Net {
+    /// `None` under `REDLOCK_TEST_NODES` (see [`super::cluster`]).
+    pub async fn start() -> Option<Self> {
+        let cluster = super::cluster(3)?;
+        let mut proxies = Vec::new();
+        for i in 0..3 {
+            proxies.push(Proxy::start(cluster.port(i)).await);
+        }
+        Some(Self { cluster, proxies })
+    }
+
+    /// The proxies' URLs, as clients should use them.
+    pub fn urls(&self) -> Vec<String> {
+        self.proxies.iter().map(Proxy::url).collect()
+    }
+
+    /// Every node thawed, every proxy healed.
+    pub fn heal(&self) {
+        for (i, proxy) in self.proxies.iter().enumerate() {
+            self.cluster.thaw(i);
+            proxy.heal();
+        }
+    }
+}
