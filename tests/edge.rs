@@ -540,3 +540,32 @@ async fn input_checks_are_linear() {
     println!("EDGE 100,001 names checked in {took:?}");
     assert!(took < Duration::from_secs(1), "{took:?}");
 }
+
+#[tokio::test]
+async fn nodes_that_forgot_their_scripts_are_given_them_again() {
+    // A node restarted (or `SCRIPT FLUSH`ed) answers NOSCRIPT to EVALSHA:
+    // each call loads the script and asks again.
+    let Some((urls, _cluster)) = support::nodes(3) else {
+        return;
+    };
+    let redlock = support::manager(&urls).await;
+    let resource = unique("flushed");
+    let lock = redlock
+        .try_acquire(&resource, Duration::from_secs(5))
+        .await
+        .unwrap();
+    lock.release().await.unwrap();
+    let mut lock = redlock
+        .try_acquire(&resource, Duration::from_secs(5))
+        .await
+        .unwrap();
+    for url in &urls {
+        support::admin(url, &["SCRIPT", "FLUSH"]).await;
+    }
+    lock.extend(Duration::from_secs(5)).await.unwrap();
+    for url in &urls {
+        support::admin(url, &["SCRIPT", "FLUSH"]).await;
+    }
+    lock.release().await.unwrap();
+    support::no_key_anywhere(&urls, &resource, Duration::from_secs(1)).await;
+}
