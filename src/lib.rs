@@ -49,6 +49,7 @@ mod lock;
 mod node;
 mod quorum;
 mod redlock;
+mod stats;
 mod wake;
 
 pub use builder::{Builder, RetryPolicy};

@@ -146,6 +146,7 @@ impl Shared {
     /// keys of ours remain.
     fn lose(&self, votes: usize, cause: LossCause, source: Option<redis::RedisError>) -> Error {
         tracing::warn!(key = &*self.keys[0], votes, %cause, "quorumlock lock lost");
+        crate::stats::lost(cause);
         if !self.mark_released(Some(cause)).released {
             Cleanup::release(
                 self.inner.clone(),
@@ -161,6 +162,14 @@ impl Shared {
     /// See [`Lock::extend`]; `wait` (default: the node deadline) is how long
     /// to wait for a quorum of replies, never past the current deadline.
     async fn extend(&self, ttl: Duration, wait: Option<Duration>) -> Result<(), Error> {
+        let result = self.extend_once(ttl, wait).await;
+        if !matches!(result, Err(Error::InvalidInput(_))) {
+            crate::stats::extension(result.is_ok());
+        }
+        result
+    }
+
+    async fn extend_once(&self, ttl: Duration, wait: Option<Duration>) -> Result<(), Error> {
         let plan = self.inner.plan(ttl)?;
         let _one_at_a_time = self.extending.lock().await;
         let start = tokio::time::Instant::now();

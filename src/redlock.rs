@@ -16,6 +16,7 @@ use crate::fanout::Fanout;
 use crate::lock::{Guard, KeepAlive, Lock};
 use crate::node::{set_nx_px_cmd, Node, Scripts};
 use crate::quorum::{self, Decision, Patience, Reply, Standing, Tally};
+use crate::stats;
 use crate::wake::{Wakeups, Watch, COURTESY};
 use crate::Error;
 
@@ -131,7 +132,7 @@ impl Redlock {
     /// ```
     pub async fn acquire(&self, resource: &str, ttl: Duration) -> Result<Lock, Error> {
         let keys = self.keys_for(&[resource])?;
-        self.acquire_keys(keys, ttl).await
+        timed(self.acquire_keys(keys, ttl)).await
     }
 
     /// Acquires every resource in `resources` together, or none: one script
@@ -158,7 +159,7 @@ impl Redlock {
     /// ```
     pub async fn acquire_many(&self, resources: &[&str], ttl: Duration) -> Result<Lock, Error> {
         let keys = self.keys_for(resources)?;
-        self.acquire_keys(keys, ttl).await
+        timed(self.acquire_keys(keys, ttl)).await
     }
 
     /// One attempt of [`acquire_many`](Self::acquire_many).
@@ -168,7 +169,7 @@ impl Redlock {
     pub async fn try_acquire_many(&self, resources: &[&str], ttl: Duration) -> Result<Lock, Error> {
         let keys = self.keys_for(resources)?;
         let plan = self.inner.plan(ttl)?;
-        attempt(&self.inner, keys, plan).await.map_err(|f| f.error)
+        timed(async { attempt(&self.inner, keys, plan).await.map_err(|f| f.error) }).await
     }
 
     /// The keys of `resources`, checked: none empty, none reserved, none
@@ -363,8 +364,20 @@ impl Redlock {
     pub async fn try_acquire(&self, resource: &str, ttl: Duration) -> Result<Lock, Error> {
         let keys = self.keys_for(&[resource])?;
         let plan = self.inner.plan(ttl)?;
-        attempt(&self.inner, keys, plan).await.map_err(|f| f.error)
+        timed(async { attempt(&self.inner, keys, plan).await.map_err(|f| f.error) }).await
     }
+}
+
+/// Runs an acquire call and records its time and outcome (feature
+/// `metrics`).
+async fn timed(call: impl Future<Output = Result<Lock, Error>>) -> Result<Lock, Error> {
+    if !cfg!(feature = "metrics") {
+        return call.await;
+    }
+    let start = Instant::now();
+    let result = call.await;
+    stats::acquire_call(result.as_ref().map(drop), start.elapsed());
+    result
 }
 
 /// Longest TTL accepted: 1,000 years, far inside what Redis can add to
@@ -529,12 +542,14 @@ impl From<Error> for Failed {
 async fn attempt(inner: &Arc<Inner>, keys: Keys, plan: Plan) -> Result<Lock, Failed> {
     use tracing::Instrument;
     let span = tracing::debug_span!("quorumlock_attempt", key = &*keys[0], keys = keys.len());
-    if span.is_disabled() {
+    let result = if span.is_disabled() {
         // Nobody listens: no span to enter on every poll.
         attempt_in_span(inner, keys, plan).await
     } else {
         attempt_in_span(inner, keys, plan).instrument(span).await
-    }
+    };
+    stats::attempt(result.as_ref().map(drop).map_err(|f| &f.error));
+    result
 }
 
 /// The key of a lock key's fencing counter. No resource can reach it (keys
