@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::stream::{FuturesUnordered, StreamExt};
-use redis::{ConnectionInfo, IntoConnectionInfo, RedisError};
+use redis::{IntoConnectionInfo, RedisError};
 
 use crate::error::FailureKind;
 use crate::link::{Link, Servers};
@@ -124,7 +124,7 @@ impl RetryPolicy {
 #[derive(Debug)]
 #[must_use]
 pub struct Builder {
-    nodes: Vec<Result<ConnectionInfo, RedisError>>,
+    nodes: Vec<Result<redis::Client, RedisError>>,
     retry: RetryPolicy,
     node_timeout: Duration,
     connect_timeout: Duration,
@@ -168,8 +168,32 @@ impl Builder {
     {
         self.nodes = nodes
             .into_iter()
-            .map(IntoConnectionInfo::into_connection_info)
+            .map(|node| node.into_connection_info().and_then(redis::Client::open))
             .collect();
+        self
+    }
+
+    /// The Redis nodes as ready `redis::Client`s, instead of
+    /// [`nodes`](Self::nodes): whatever the service configured on them
+    /// (TLS with its own certificates through `redis::Client::build_with_tls`,
+    /// credentials, protocol) applies to quorumlock's connections too. The
+    /// rules of [`nodes`](Self::nodes) hold: independent masters, each its
+    /// own server, at most 64.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+    /// let clients = ["redis://:secret@10.0.0.1", "redis://:secret@10.0.0.2", "redis://:secret@10.0.0.3"]
+    ///     .into_iter()
+    ///     .map(redis::Client::open)
+    ///     .collect::<Result<Vec<_>, _>>()?;
+    /// let redlock = quorumlock::Redlock::builder().node_clients(clients).build().await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn node_clients<I>(mut self, clients: I) -> Self
+    where
+        I: IntoIterator<Item = redis::Client>,
+    {
+        self.nodes = clients.into_iter().map(Ok).collect();
         self
     }
 
@@ -279,9 +303,13 @@ impl Builder {
         let mut addresses: Vec<String> = Vec::with_capacity(count);
         let mut nodes = Vec::with_capacity(count);
         let mut clients = Vec::with_capacity(count);
-        for (index, info) in self.nodes.into_iter().enumerate() {
-            let info = info.map_err(|source| Error::InvalidNode { index, source })?;
-            let address = info.addr().to_string().to_ascii_lowercase();
+        for (index, client) in self.nodes.into_iter().enumerate() {
+            let client = client.map_err(|source| Error::InvalidNode { index, source })?;
+            let address = client
+                .get_connection_info()
+                .addr()
+                .to_string()
+                .to_ascii_lowercase();
             if let Some(first) = addresses.iter().position(|a| *a == address) {
                 return Err(Error::SameServer {
                     first,
@@ -290,8 +318,6 @@ impl Builder {
                 });
             }
             addresses.push(address);
-            let client =
-                redis::Client::open(info).map_err(|source| Error::InvalidNode { index, source })?;
             clients.push(client.clone());
             nodes.push(Node::new(Link::new(
                 index,

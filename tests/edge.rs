@@ -569,3 +569,47 @@ async fn nodes_that_forgot_their_scripts_are_given_them_again() {
     lock.release().await.unwrap();
     support::no_key_anywhere(&urls, &resource, Duration::from_secs(1)).await;
 }
+
+#[tokio::test]
+async fn nodes_given_as_the_services_own_clients() {
+    // The service's clients carry its own settings (here: a password that
+    // the bare addresses lack); quorumlock connects through them.
+    let Some(cluster) = support::cluster_with(3, &["--requirepass", "s3cret"]) else {
+        return;
+    };
+    let clients: Vec<redis::Client> = (0..3)
+        .map(|i| {
+            let url = format!("redis://:s3cret@127.0.0.1:{}", cluster.port(i));
+            redis::Client::open(url).unwrap()
+        })
+        .collect();
+    let redlock = Redlock::builder()
+        .node_clients(clients.clone())
+        .build()
+        .await
+        .unwrap();
+    let lock = redlock
+        .try_acquire(&unique("own-clients"), Duration::from_secs(5))
+        .await
+        .unwrap();
+    lock.release().await.unwrap();
+
+    // The same address twice is still refused.
+    let twice = vec![clients[0].clone(), clients[1].clone(), clients[0].clone()];
+    let err = Redlock::builder()
+        .node_clients(twice)
+        .build()
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::SameServer {
+                first: 0,
+                second: 2,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+}
