@@ -141,8 +141,9 @@ impl Redlock {
     /// for the other. Retries as [`acquire`](Self::acquire). The lock's
     /// release, extend and fence cover the whole set.
     ///
-    /// With Redis Cluster-style nodes, all keys must share a hash tag (for
-    /// example `{order:42}:a` and `{order:42}:b`).
+    /// Nodes that are Redis Clusters are not supported yet. A server that
+    /// checks slots anyway refuses a set whose keys do not share a hash tag
+    /// (for example `{order:42}:a` and `{order:42}:b`) with `CROSSSLOT`.
     ///
     /// # Errors
     /// As [`acquire`](Self::acquire); [`Error::InvalidInput`] also for an
