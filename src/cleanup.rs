@@ -237,9 +237,7 @@ fn unanswered_reply(reply: &Reply) -> bool {
 pub(crate) async fn delete_on(inner: &Inner, node: usize, keys: &[Arc<str>], token: &str) {
     let mut backoff = Backoff::default();
     loop {
-        let reply = inner.nodes[node]
-            .release(&inner.scripts, keys, token, false)
-            .await;
+        let reply = inner.nodes[node].release(&inner.scripts, keys, token).await;
         if !unanswered_reply(&reply) {
             return;
         }

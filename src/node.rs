@@ -181,8 +181,14 @@ impl Node {
 
     /// `SET key token NX PX ttl_ms` once more, for an attempt that leads a
     /// contest (see [`Standing::Lead`](crate::quorum::Standing)).
-    pub(crate) async fn ask_again(&self, key: &str, token: &str, ttl_ms: u64) -> Reply {
-        self.set_nx_px(key, token, ttl_ms, None).await
+    pub(crate) async fn ask_again(
+        &self,
+        key: &str,
+        token: &str,
+        ttl_ms: u64,
+        with_get: Option<&Cmd>,
+    ) -> Reply {
+        self.set_nx_px(key, token, ttl_ms, with_get).await
     }
 
     /// On Redis 7 and later `SET .. NX GET`, so that a key of another type
@@ -222,34 +228,17 @@ impl Node {
         }
     }
 
-    /// Compare-and-delete of our keys: `Yes` when every one was ours and is
-    /// deleted. With `announce`, waiters are told the resource is free (a
-    /// holder's release); without, nobody is (a failed attempt cleaning up).
-    pub(crate) async fn release(
-        &self,
-        scripts: &Scripts,
-        keys: &[Arc<str>],
-        token: &str,
-        announce: bool,
-    ) -> Reply {
-        self.release_heard(scripts, keys, token, announce).await.0
+    /// Compare-and-delete of our keys, announcing nothing (a clean-up):
+    /// `Yes` when every one was ours and is deleted.
+    pub(crate) async fn release(&self, scripts: &Scripts, keys: &[Arc<str>], token: &str) -> Reply {
+        let eval = scripts.release_cmd(keys, token, false);
+        self.release_prepared(scripts, &eval).await.0
     }
 
-    /// As [`release`](Self::release), and whether the announcement reached
+    /// Compare-and-delete of our keys with a command built once for every
+    /// node ([`Scripts::release_cmd`]): `Yes` when every one was ours and is
+    /// deleted, and whether its announcement (a holder's release) reached
     /// anyone waiting.
-    pub(crate) async fn release_heard(
-        &self,
-        scripts: &Scripts,
-        keys: &[Arc<str>],
-        token: &str,
-        announce: bool,
-    ) -> (Reply, bool) {
-        let eval = scripts.release_cmd(keys, token, announce);
-        self.release_prepared(scripts, &eval).await
-    }
-
-    /// As [`release_heard`](Self::release_heard), with the command built
-    /// once for every node ([`Scripts::release_cmd`]).
     pub(crate) async fn release_prepared(&self, scripts: &Scripts, eval: &Cmd) -> (Reply, bool) {
         let mut heard = false;
         let reply = self

@@ -661,7 +661,14 @@ async fn attempt_in_span(inner: &Arc<Inner>, keys: Keys, plan: Plan) -> Result<L
                 .filter(|i| nodes & (1u64 << i) != 0)
                 .map(|i| {
                     let (inner, key, token) = (inner.clone(), key.clone(), token.clone());
-                    async move { (i, inner.nodes[i].ask_again(&key, &token, plan.ttl_ms).await) }
+                    let with_get = with_get.clone();
+                    async move {
+                        let node = &inner.nodes[i];
+                        let reply = node
+                            .ask_again(&key, &token, plan.ttl_ms, with_get.as_deref())
+                            .await;
+                        (i, reply)
+                    }
                 })
                 .collect();
             let now = Instant::now();
