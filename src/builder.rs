@@ -12,6 +12,7 @@ use crate::link::{Link, Servers};
 use crate::node::{Node, Scripts};
 use crate::quorum::{Reply, MAX_NODES};
 use crate::redlock::{require_runtime, Inner, Redlock};
+use crate::transport::Transport;
 use crate::wake::Wakeups;
 use crate::Error;
 
@@ -124,7 +125,7 @@ impl RetryPolicy {
 #[derive(Debug)]
 #[must_use]
 pub struct Builder {
-    nodes: Vec<Result<redis::Client, RedisError>>,
+    nodes: Vec<Result<Transport, RedisError>>,
     retry: RetryPolicy,
     node_timeout: Duration,
     connect_timeout: Duration,
@@ -150,10 +151,16 @@ impl Default for Builder {
 }
 
 impl Builder {
-    /// The Redis nodes, as anything `redis` accepts as an address
-    /// (`"redis://host:port/db"`, a `ConnectionInfo`, ...). They must be
-    /// independent masters, not replicas of each other. Default: none; at
-    /// least one is required.
+    /// Adds Redis nodes, as anything `redis` accepts as an address
+    /// (`"redis://host:port/db"`, `"rediss://..."` with a TLS feature, a
+    /// `ConnectionInfo`, ...). They must be independent masters, not
+    /// replicas of each other. Default: none; at least one is required.
+    ///
+    /// Every node method ([`nodes`](Self::nodes),
+    /// [`node_clients`](Self::node_clients),
+    /// [`node_managers`](Self::node_managers), `cluster_node`) adds to one
+    /// list, in the order of the calls; a node's index in errors is its
+    /// place in that list.
     ///
     /// Use an odd number: an even number adds no fault tolerance over one
     /// node fewer (4 nodes need 3 votes and survive one failure, like 3).
@@ -161,24 +168,31 @@ impl Builder {
     /// that turn out to reach one server (the same `run_id`), are refused
     /// by [`build`](Self::build) with [`Error::SameServer`]; found out only
     /// later, the second one gets no vote. At most 64 nodes.
+    ///
+    /// Not a Sentinel-managed master: Sentinel promotes a replica that may
+    /// not have received the lock's key yet (replication is asynchronous),
+    /// so a failover is a node that forgot its locks at once, without the
+    /// delayed restart that keeps Redlock safe. Give each node as its own
+    /// master, with no failover, or as a cluster with the same caveat (see
+    /// the crate docs on operations).
     pub fn nodes<I>(mut self, nodes: I) -> Self
     where
         I: IntoIterator,
         I::Item: IntoConnectionInfo,
     {
-        self.nodes = nodes
-            .into_iter()
-            .map(|node| node.into_connection_info().and_then(redis::Client::open))
-            .collect();
+        self.nodes.extend(nodes.into_iter().map(|node| {
+            node.into_connection_info()
+                .and_then(redis::Client::open)
+                .map(Transport::Standalone)
+        }));
         self
     }
 
-    /// The Redis nodes as ready `redis::Client`s, instead of
-    /// [`nodes`](Self::nodes): whatever the service configured on them
-    /// (TLS with its own certificates through `redis::Client::build_with_tls`,
-    /// credentials, protocol) applies to quorumlock's connections too. The
-    /// rules of [`nodes`](Self::nodes) hold: independent masters, each its
-    /// own server, at most 64.
+    /// Adds nodes as ready `redis::Client`s: whatever the service
+    /// configured on them (TLS with its own certificates through
+    /// `redis::Client::build_with_tls`, credentials, protocol) applies to
+    /// quorumlock's connections too. The rules of [`nodes`](Self::nodes)
+    /// hold: independent masters, each its own server, at most 64.
     ///
     /// ```no_run
     /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
@@ -193,7 +207,89 @@ impl Builder {
     where
         I: IntoIterator<Item = redis::Client>,
     {
-        self.nodes = clients.into_iter().map(Ok).collect();
+        self.nodes
+            .extend(clients.into_iter().map(|c| Ok(Transport::Standalone(c))));
+        self
+    }
+
+    /// Adds nodes as the service's own `ConnectionManager`s. quorumlock
+    /// sends its commands over them and opens no command connection of its
+    /// own, so the manager's TLS, login, response timeout and reconnect
+    /// policy apply. The rules of [`nodes`](Self::nodes) hold; since a
+    /// manager does not tell its address, two managers of one server are
+    /// found by their `run_id` only.
+    ///
+    /// Two differences from a node quorumlock connects to itself: a
+    /// connection that goes silent is noticed by the manager's own response
+    /// timeout (set one: without it a lost connection waits for the
+    /// kernel), and no release announcements are heard from this node, so
+    /// waiters are woken by the other nodes' announcements or their retry
+    /// delay.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::time::Duration;
+    /// use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+    ///
+    /// let config = ConnectionManagerConfig::new()
+    ///     .set_response_timeout(Some(Duration::from_millis(500)));
+    /// let mut managers = Vec::new();
+    /// for url in ["redis://10.0.0.1", "redis://10.0.0.2", "redis://10.0.0.3"] {
+    ///     let client = redis::Client::open(url)?;
+    ///     managers.push(ConnectionManager::new_with_config(client, config.clone()).await?);
+    /// }
+    /// let redlock = quorumlock::Redlock::builder().node_managers(managers).build().await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn node_managers<I>(mut self, managers: I) -> Self
+    where
+        I: IntoIterator<Item = redis::aio::ConnectionManager>,
+    {
+        self.nodes
+            .extend(managers.into_iter().map(|m| Ok(Transport::Managed(m))));
+        self
+    }
+
+    /// Adds one node that is a whole Redis Cluster, known by `seeds` (some
+    /// of its members; give more than one). Commands go to the master of
+    /// each key's slot; `MOVED`, `ASK` and failovers are followed by
+    /// redis-rs's cluster client. The quorum is over the nodes, so three
+    /// clusters make one fault-tolerant lock that scales out with the
+    /// clusters' shards.
+    ///
+    /// All keys of one lock must hash to one slot on a cluster node: give
+    /// the resources of an [`acquire_many`](crate::Redlock::acquire_many)
+    /// set one hash tag (`"{order:42}:payment"`, `"{order:42}:stock"`);
+    /// fencing counters follow their lock's slot by themselves. Keys of
+    /// different slots are refused with [`FailureKind::CrossSlot`].
+    ///
+    /// A cluster's failover promotes a replica that may lack the newest
+    /// keys, as Sentinel does: each failover counts as that node forgetting
+    /// its locks (see the crate docs on operations).
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), quorumlock::Error> {
+    /// let redlock = quorumlock::Redlock::builder()
+    ///     .cluster_node(["redis://10.0.1.1:7000", "redis://10.0.1.2:7000"])
+    ///     .cluster_node(["redis://10.0.2.1:7000", "redis://10.0.2.2:7000"])
+    ///     .cluster_node(["redis://10.0.3.1:7000", "redis://10.0.3.2:7000"])
+    ///     .build()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    #[cfg(feature = "cluster")]
+    pub fn cluster_node<I>(mut self, seeds: I) -> Self
+    where
+        I: IntoIterator,
+        I::Item: IntoConnectionInfo,
+    {
+        let cluster = seeds
+            .into_iter()
+            .map(IntoConnectionInfo::into_connection_info)
+            .collect::<Result<Vec<_>, _>>()
+            .and_then(crate::transport::cluster::Cluster::new)
+            .map(Transport::Cluster);
+        self.nodes.push(cluster);
         self
     }
 
@@ -298,19 +394,16 @@ impl Builder {
         if !(0.0..1.0).contains(&self.drift_factor) {
             return Err(Error::Config("drift factor must be in 0.0..1.0"));
         }
+        Transport::prepare_tls();
         let count = self.nodes.len();
         let servers = Arc::new(Servers::new(count));
-        let mut addresses: Vec<String> = Vec::with_capacity(count);
+        let mut addresses: Vec<Option<String>> = Vec::with_capacity(count);
         let mut nodes = Vec::with_capacity(count);
-        let mut clients = Vec::with_capacity(count);
-        for (index, client) in self.nodes.into_iter().enumerate() {
-            let client = client.map_err(|source| Error::InvalidNode { index, source })?;
-            let address = client
-                .get_connection_info()
-                .addr()
-                .to_string()
-                .to_ascii_lowercase();
-            if let Some(first) = addresses.iter().position(|a| *a == address) {
+        let mut announcers = Vec::with_capacity(count);
+        for (index, transport) in self.nodes.into_iter().enumerate() {
+            let transport = transport.map_err(|source| Error::InvalidNode { index, source })?;
+            let address = transport.address();
+            if let Some(first) = addresses.iter().position(|a| a.is_some() && *a == address) {
                 return Err(Error::SameServer {
                     first,
                     second: index,
@@ -318,10 +411,10 @@ impl Builder {
                 });
             }
             addresses.push(address);
-            clients.push(client.clone());
+            announcers.push(transport.announcers());
             nodes.push(Node::new(Link::new(
                 index,
-                client,
+                transport,
                 self.connect_timeout,
                 health_limit(self.node_timeout),
                 servers.clone(),
@@ -345,7 +438,7 @@ impl Builder {
             key_prefix: self.key_prefix,
             fencing: self.fencing,
             wakeups: Arc::new(Wakeups::new(
-                clients,
+                announcers,
                 self.connect_timeout,
                 health_limit(self.node_timeout),
             )),

@@ -236,6 +236,10 @@ pub enum FailureKind {
     /// The keys of one operation hash to different cluster slots
     /// (`CROSSSLOT`): give them one hash tag.
     CrossSlot,
+    /// TLS failed: the node's certificate is not trusted (another CA, another
+    /// host name), the node refused ours (or our lack of one), or a
+    /// plain-text connection reached a TLS-only port (use `rediss://`).
+    Tls,
     /// The entry reaches the same server as the node with this index, so
     /// its vote is not counted.
     SameServer(usize),
@@ -270,6 +274,9 @@ impl fmt::Display for FailureKind {
             FailureKind::WrongType => f.write_str("key holds another type"),
             FailureKind::Command => f.write_str("a command the lock needs is unknown"),
             FailureKind::CrossSlot => f.write_str("keys in different cluster slots"),
+            FailureKind::Tls => f.write_str(
+                "TLS failed (certificate not trusted or refused, or plain text sent to a TLS port)",
+            ),
             FailureKind::SameServer(other) => write!(f, "same server as node {other}"),
             FailureKind::Other => f.write_str("error reply"),
         }

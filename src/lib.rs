@@ -50,6 +50,7 @@ mod node;
 mod quorum;
 mod redlock;
 mod stats;
+mod transport;
 mod wake;
 
 pub use builder::{Builder, RetryPolicy};

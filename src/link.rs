@@ -15,11 +15,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
-use redis::aio::MultiplexedConnection;
-use redis::{AsyncConnectionConfig, ErrorKind, RedisError};
+use redis::{AsyncConnectionConfig, RedisError};
 use tokio::sync::Notify;
 
 use crate::backoff::Backoff;
+use crate::transport::{Transport, Wire};
 
 /// The run ids of the servers behind each node, to find entries that are
 /// one server.
@@ -47,7 +47,7 @@ impl Servers {
 
 /// One open connection and what we know of it.
 pub(crate) struct Conn {
-    mux: MultiplexedConnection,
+    wire: Wire,
     /// Calls sent and not yet answered.
     in_flight: AtomicUsize,
     /// When a reply last came, or a call was sent to an idle connection
@@ -80,8 +80,8 @@ pub(crate) struct Call {
 
 impl Call {
     /// A clone of the connection to send the call on.
-    pub(crate) fn mux(&self) -> MultiplexedConnection {
-        self.conn.mux.clone()
+    pub(crate) fn mux(&self) -> Wire {
+        self.conn.wire.clone()
     }
 
     pub(crate) fn conn(&self) -> &Conn {
@@ -118,7 +118,7 @@ struct State {
 /// A node's self-healing command connection.
 pub(crate) struct Link {
     index: usize,
-    client: redis::Client,
+    transport: Transport,
     config: AsyncConnectionConfig,
     connect_timeout: Duration,
     health_limit_us: u64,
@@ -131,7 +131,7 @@ pub(crate) struct Link {
 impl Link {
     pub(crate) fn new(
         index: usize,
-        client: redis::Client,
+        transport: Transport,
         connect_timeout: Duration,
         health_limit: Duration,
         servers: Arc<Servers>,
@@ -144,7 +144,7 @@ impl Link {
             .set_connection_timeout(Some(connect_timeout));
         Self {
             index,
-            client,
+            transport,
             config,
             connect_timeout,
             health_limit_us: u64::try_from(health_limit.as_micros()).unwrap_or(u64::MAX),
@@ -319,11 +319,10 @@ impl Link {
     }
 
     async fn open(&self) -> Result<Conn, RedisError> {
-        let mut mux = self
-            .client
-            .get_multiplexed_async_connection_with_config(&self.config)
+        let (wire, info) = self
+            .transport
+            .open(&self.config, self.connect_timeout)
             .await?;
-        let info = identify(&mut mux).await?;
         let same_as = self.servers.register(self.index, info.run_id);
         if let Some(other) = same_as {
             tracing::error!(
@@ -335,7 +334,7 @@ impl Link {
             );
         }
         Ok(Conn {
-            mux,
+            wire,
             in_flight: AtomicUsize::new(0),
             progress: AtomicU64::new(clock_us()),
             served: AtomicBool::new(false),
@@ -385,38 +384,6 @@ impl Pace {
     fn usual(&self) -> Duration {
         Duration::from_micros(self.0.load(Ordering::Relaxed))
     }
-}
-
-/// What `INFO server` tells about a server.
-struct ServerInfo {
-    run_id: Option<String>,
-    major: u32,
-}
-
-/// Asks the server who it is. A user without `INFO` still connects; only
-/// the same-server check and `SET .. NX GET` are then skipped. Any other
-/// error (an unusable connection, a refused login) fails the connect.
-async fn identify(mux: &mut MultiplexedConnection) -> Result<ServerInfo, RedisError> {
-    let text = match redis::cmd("INFO")
-        .arg("server")
-        .query_async::<String>(mux)
-        .await
-    {
-        Ok(text) => text,
-        Err(e) if e.kind() == ErrorKind::Server(redis::ServerErrorKind::NoPerm) => String::new(),
-        Err(e) => return Err(e),
-    };
-    let field = |name: &str| {
-        text.lines()
-            .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
-            .map(str::trim)
-    };
-    Ok(ServerInfo {
-        run_id: field("run_id").map(String::from),
-        major: field("redis_version")
-            .and_then(|v| v.split('.').next()?.parse().ok())
-            .unwrap_or(0),
-    })
 }
 
 fn resting() -> RedisError {

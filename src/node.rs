@@ -367,6 +367,9 @@ pub(crate) fn classify(e: &RedisError) -> FailureKind {
         }
         _ => {}
     }
+    if crate::transport::is_tls_failure(e) {
+        return FailureKind::Tls;
+    }
     let unreachable = e.is_io_error()
         || e.is_connection_dropped()
         || e.is_connection_refusal()

@@ -69,7 +69,9 @@ struct Courtesy {
 }
 
 pub(crate) struct Wakeups {
-    clients: Vec<redis::Client>,
+    /// Per node, the clients to subscribe with, tried in turn (none: the
+    /// node announces nothing to us).
+    clients: Vec<Vec<redis::Client>>,
     connect_timeout: Duration,
     /// Longest wait for a pub/sub reply, and the period of health pings.
     health: Duration,
@@ -85,7 +87,7 @@ pub(crate) struct Wakeups {
 
 impl Wakeups {
     pub(crate) fn new(
-        clients: Vec<redis::Client>,
+        clients: Vec<Vec<redis::Client>>,
         connect_timeout: Duration,
         health: Duration,
     ) -> Self {
@@ -164,7 +166,7 @@ impl Wakeups {
             notify,
         };
         if !new.is_empty() {
-            let (tx, mut confirmed) = mpsc::channel(self.clients.len());
+            let (tx, mut confirmed) = mpsc::channel(self.clients.len().max(1));
             self.send(|| Request::Subscribe(new.clone(), Some(tx.clone())));
             drop(tx);
             let _ = tokio::time::timeout(limit, confirmed.recv()).await;
@@ -178,13 +180,16 @@ impl Wakeups {
             let Ok(runtime) = tokio::runtime::Handle::try_current() else {
                 return;
             };
-            for (node, client) in self.clients.iter().enumerate() {
+            for (node, clients) in self.clients.iter().enumerate() {
+                if clients.is_empty() {
+                    continue;
+                }
                 let (tx, rx) = mpsc::unbounded_channel();
                 let limits = (self.connect_timeout, self.health);
                 runtime.spawn(listen(
                     Arc::downgrade(self),
                     node,
-                    client.clone(),
+                    clients.clone(),
                     limits,
                     rx,
                 ));
@@ -293,7 +298,7 @@ impl Drop for Watch {
 async fn listen(
     wakeups: Weak<Wakeups>,
     node: usize,
-    client: redis::Client,
+    clients: Vec<redis::Client>,
     (connect_timeout, health): (Duration, Duration),
     mut requests: mpsc::UnboundedReceiver<Request>,
 ) {
@@ -303,6 +308,8 @@ async fn listen(
     // connections, logins or SUBSCRIBE sees a few tries a second at most.
     let mut retry_in: Option<Duration> = None;
     let mut pending: Option<Request> = None;
+    // A cluster node's members are tried in turn: the next after a failure.
+    let mut turn = 0;
     loop {
         let Some(watching) = wakeups.upgrade().map(|w| w.is_watching()) else {
             return;
@@ -318,9 +325,13 @@ async fn listen(
         if let Some(wait) = retry_in.take() {
             tokio::time::sleep(wait).await;
         }
+        let Some(client) = clients.get(turn % clients.len().max(1)) else {
+            return;
+        };
         let connected = tokio::time::timeout(connect_timeout, client.get_async_pubsub()).await;
         let Ok(Ok(pubsub)) = connected else {
             retry_in = Some(backoff.fail());
+            turn += 1;
             continue;
         };
         let (mut sink, mut messages) = pubsub.split();
@@ -411,7 +422,7 @@ mod tests {
         // No node answers on this port: the subscribe never confirms.
         let client = redis::Client::open("redis://127.0.0.1:1").unwrap();
         let wakeups = Arc::new(Wakeups::new(
-            vec![client],
+            vec![vec![client]],
             Duration::from_millis(50),
             Duration::from_millis(500),
         ));
