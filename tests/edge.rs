@@ -613,3 +613,79 @@ async fn nodes_given_as_the_services_own_clients() {
         "{err:?}"
     );
 }
+
+/// A service's own `ConnectionManager`s are used as they are: the lock
+/// opens no command connection of its own, the managers' login applies,
+/// and two managers of one server are still found out (by run id).
+#[tokio::test]
+async fn nodes_as_the_services_own_connection_managers() {
+    let Some(cluster) = support::cluster_with(3, &["--requirepass", "s3cret"]) else {
+        return;
+    };
+    let mut managers = Vec::new();
+    for i in 0..3 {
+        let url = format!("redis://:s3cret@127.0.0.1:{}", cluster.port(i));
+        let client = redis::Client::open(url).unwrap();
+        managers.push(redis::aio::ConnectionManager::new(client).await.unwrap());
+    }
+    let admin_urls: Vec<String> = (0..3)
+        .map(|i| format!("redis://:s3cret@127.0.0.1:{}", cluster.port(i)))
+        .collect();
+    let mut before = Vec::new();
+    for url in &admin_urls {
+        before.push(support::connections_received(url).await);
+    }
+    let redlock = Redlock::builder()
+        .node_managers(managers.clone())
+        .build()
+        .await
+        .unwrap();
+    let resource = unique("own-managers");
+    let lock = redlock
+        .try_acquire(&resource, Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert!(redlock
+        .try_acquire(&resource, Duration::from_secs(5))
+        .await
+        .unwrap_err()
+        .is_contended());
+    for url in &admin_urls {
+        assert_eq!(
+            support::value(url, &resource).await.as_deref(),
+            Some(lock.token())
+        );
+    }
+    lock.release().await.unwrap();
+    for (url, before) in admin_urls.iter().zip(before) {
+        // Only our own looks: `value` and `connections_received` connect
+        // once each.
+        assert_eq!(
+            support::connections_received(url).await,
+            before + 2,
+            "the lock opened a connection of its own to {url}"
+        );
+    }
+
+    let twice = vec![
+        managers[0].clone(),
+        managers[1].clone(),
+        managers[0].clone(),
+    ];
+    let err = Redlock::builder()
+        .node_managers(twice)
+        .build()
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::SameServer {
+                first: 0,
+                second: 2,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+}

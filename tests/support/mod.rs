@@ -8,6 +8,8 @@
 #![allow(dead_code)]
 
 pub mod proxy;
+pub mod redis_cluster;
+pub mod tls;
 pub mod witness;
 
 use std::io::{Read, Write};
@@ -68,6 +70,12 @@ impl Cluster {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+
+    /// SIGKILL without waiting for the process (through a shared
+    /// reference, while a run uses the nodes); reaped on drop.
+    pub fn crash(&self, i: usize) {
+        self.signal(i, "-KILL");
     }
 
     /// SIGSTOP: the node keeps its connections open and answers nothing.
@@ -220,7 +228,7 @@ fn spawn_on_free_port(extra: &[String]) -> Server {
     }
 }
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
     listener.local_addr().expect("local addr").port()
 }

@@ -124,6 +124,17 @@ struct Record {
 
 /// Runs `load` against `urls` and judges it.
 pub async fn run(urls: &[String], load: &Load) -> Report {
+    let urls = urls.to_vec();
+    run_on(
+        move || Redlock::builder().nodes(urls.iter().map(String::as_str)),
+        load,
+    )
+    .await
+}
+
+/// Runs `load` on managers whose nodes `nodes` gives (for nodes that are
+/// not addresses: clusters, the service's own connections), and judges it.
+pub async fn run_on(nodes: impl Fn() -> quorumlock::Builder, load: &Load) -> Report {
     let record = Arc::new(Mutex::new(Record::default()));
     let retry = match load.style {
         Style::TryLoop => RetryPolicy::none(),
@@ -131,8 +142,7 @@ pub async fn run(urls: &[String], load: &Load) -> Report {
     };
     // Every client's manager first: the run measures locking, not start-up.
     let managers = futures::future::join_all((0..load.clients).map(|_| {
-        Redlock::builder()
-            .nodes(urls.iter().map(String::as_str))
+        nodes()
             .node_timeout(load.node_timeout)
             .drift(load.drift_factor, Duration::from_millis(2))
             .retry(retry.clone())
