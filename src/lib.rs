@@ -36,6 +36,15 @@
 //!   `appendfsync always`.
 //! * Clocks may drift by the allowance (1% + 2 ms by default), no more.
 //! * An even number of nodes is allowed but adds no fault tolerance.
+//!
+//! # Nodes and features
+//! A node is an address ([`Builder::nodes`]), the service's own
+//! `redis::Client` or `ConnectionManager` ([`Builder::node_clients`],
+//! [`Builder::node_managers`]), or, with the feature `cluster`, a whole
+//! Redis Cluster (`Builder::cluster_node`). The features `tls-rustls` and
+//! `tls-native-tls` (one of them) make `rediss://` addresses work;
+//! `metrics` reports counters and a latency histogram on the `metrics`
+//! facade. None is on by default.
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 

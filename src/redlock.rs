@@ -141,9 +141,11 @@ impl Redlock {
     /// for the other. Retries as [`acquire`](Self::acquire). The lock's
     /// release, extend and fence cover the whole set.
     ///
-    /// Nodes that are Redis Clusters are not supported yet. A server that
-    /// checks slots anyway refuses a set whose keys do not share a hash tag
-    /// (for example `{order:42}:a` and `{order:42}:b`) with `CROSSSLOT`.
+    /// On nodes that are Redis Clusters (`Builder::cluster_node`, feature
+    /// `cluster`), or behind a proxy that checks slots, every key of the set
+    /// must share a hash tag (for example `{order:42}:a` and `{order:42}:b`);
+    /// otherwise the node refuses with `CROSSSLOT`
+    /// ([`FailureKind::CrossSlot`](crate::FailureKind::CrossSlot)).
     ///
     /// # Errors
     /// As [`acquire`](Self::acquire); [`Error::InvalidInput`] also for an

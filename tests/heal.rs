@@ -207,40 +207,6 @@ async fn a_node_refusing_connections_is_tried_at_most_10_times_a_second() {
     acceptor.abort();
 }
 
-/// `ACL SETUSER` arguments of the README's minimal rule for quorumlock,
-/// with wake-ups (pub/sub) or without.
-fn minimal_acl(wakeups: bool) -> Vec<&'static str> {
-    let mut rule = vec![
-        "ACL",
-        "SETUSER",
-        "locker",
-        "on",
-        ">pw",
-        "resetkeys",
-        "~app:*",
-        "~quorumlock:fence:*",
-        "resetchannels",
-        "-@all",
-        "+set",
-        "+get",
-        "+del",
-        "+pexpire",
-        "+evalsha",
-        "+script|load",
-        "+ping",
-        "+info",
-    ];
-    if wakeups {
-        rule.extend([
-            "&quorumlock:released:*",
-            "+publish",
-            "+subscribe",
-            "+unsubscribe",
-        ]);
-    }
-    rule
-}
-
 /// Acquire, extend, release, a set, fencing and a contended waiter, all
 /// through `urls` (users with only the minimal permissions).
 async fn every_operation(urls: &[String], admin_urls: &[String]) {
@@ -300,9 +266,12 @@ async fn the_minimal_acl_rule_runs_every_operation_with_and_without_wakeups() {
         return;
     };
     for wakeups in [true, false] {
+        // The README's rule, as written there.
+        let rule = support::readme_acl(wakeups, false, "pw");
+        let rule: Vec<&str> = rule.iter().map(String::as_str).collect();
         for url in cluster.urls() {
             support::admin(&url, &["ACL", "DELUSER", "locker"]).await;
-            support::admin(&url, &minimal_acl(wakeups)).await;
+            support::admin(&url, &rule).await;
         }
         let urls: Vec<String> = (0..3)
             .map(|i| format!("redis://locker:pw@127.0.0.1:{}", cluster.port(i)))

@@ -517,3 +517,58 @@ pub async fn manager_retrying_every(urls: &[String], delay: Duration) -> quoruml
         .await
         .unwrap()
 }
+
+/// The README's code block marked `<!-- snippet: NAME ... -->`, without
+/// the list indentation it may carry: what the tests run is exactly what a
+/// reader copies.
+pub fn readme_snippet(name: &str) -> String {
+    const README: &str = include_str!("../../README.md");
+    let marker = format!("<!-- snippet: {name} ");
+    let at = README
+        .find(&marker)
+        .unwrap_or_else(|| panic!("README has no snippet {name}"));
+    let mut lines = README[at..].lines().skip(1);
+    let fence = lines.next().expect("a code block after the marker");
+    let indent = fence.len() - fence.trim_start().len();
+    assert!(fence.trim_start().starts_with("```"), "{name}: {fence}");
+    let mut body = String::new();
+    for line in lines {
+        if line.trim_start().starts_with("```") {
+            return body;
+        }
+        body.push_str(line.get(indent..).unwrap_or(line.trim_start()));
+        body.push('\n');
+    }
+    panic!("snippet {name} is not closed");
+}
+
+/// `ACL SETUSER` arguments of the README's rule for quorumlock: with
+/// wake-ups or without, with the cluster additions or not; `PASSWORD`
+/// becomes `password`.
+pub fn readme_acl(wakeups: bool, cluster: bool, password: &str) -> Vec<String> {
+    let snippet = readme_snippet("acl");
+    let mut lines = snippet.lines();
+    let heading = if wakeups {
+        "# with wake-ups"
+    } else {
+        "# without wake-ups"
+    };
+    lines
+        .by_ref()
+        .find(|l| l.trim() == heading)
+        .expect("the rule's heading");
+    let rule = lines.next().expect("the rule");
+    let mut args: Vec<String> = rule
+        .split_whitespace()
+        .map(|a| a.replace(">PASSWORD", &format!(">{password}")))
+        .collect();
+    if cluster {
+        let extra = snippet
+            .lines()
+            .skip_while(|l| !l.starts_with("# on the members of a Redis Cluster"))
+            .nth(1)
+            .expect("the cluster additions");
+        args.extend(extra.split_whitespace().map(String::from));
+    }
+    args
+}

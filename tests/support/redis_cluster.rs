@@ -19,28 +19,43 @@ impl RedisCluster {
     /// Starts the servers, joins them into a cluster and waits until every
     /// slot is served and every member agrees.
     pub fn start(masters: usize, replicas: usize) -> Self {
+        // Failovers within a couple of seconds.
+        let lines =
+            "cluster-enabled yes\ncluster-config-file nodes.conf\ncluster-node-timeout 1000\n";
+        Self::start_configured(masters, replicas, lines)
+    }
+
+    /// As [`start`](Self::start), the members configured by `lines`
+    /// (`redis.conf` lines); each member's `nodes.conf` gets a file of its
+    /// own.
+    pub fn start_configured(masters: usize, replicas: usize, lines: &str) -> Self {
         let dir = std::env::temp_dir().join(super::unique("quorumlock-cluster"));
         std::fs::create_dir_all(&dir).unwrap();
-        let config = format!("{}/nodes-{{port}}.conf", dir.display());
-        let servers = Cluster::start_with(
-            masters * (1 + replicas),
-            &[
-                "--cluster-enabled",
-                "yes",
-                "--cluster-config-file",
-                &config,
+        let own_file = format!("{}/nodes-{{port}}.conf", dir.display());
+        let mut args: Vec<String> = Vec::new();
+        for line in lines.lines().map(str::trim).filter(|l| !l.is_empty()) {
+            let (name, value) = line.split_once(' ').unwrap_or((line, ""));
+            args.push(format!("--{name}"));
+            args.push(if name == "cluster-config-file" {
+                own_file.clone()
+            } else {
+                value.trim().to_string()
+            });
+        }
+        args.extend(
+            [
                 // The bus on a free port of its own (not port + 10000).
                 "--cluster-port",
                 "{free}",
-                // Failovers within a couple of seconds.
-                "--cluster-node-timeout",
-                "1000",
                 // Replicas in sync at once, not after the default 5 s wait
                 // for more replicas.
                 "--repl-diskless-sync-delay",
                 "0",
-            ],
+            ]
+            .map(String::from),
         );
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let servers = Cluster::start_with(masters * (1 + replicas), &args);
         let mut create = Command::new("redis-cli");
         create.arg("--cluster").arg("create");
         for i in 0..servers.len() {
@@ -117,7 +132,7 @@ impl RedisCluster {
         let mut owners: Vec<String> = self
             .cli(i, &["CLUSTER", "NODES"])
             .lines()
-            .filter(|l| l.contains("master") && !l.contains("fail"))
+            .filter(|l| healthy_master(l.split(' ').nth(2).unwrap_or("")))
             .map(|l| {
                 let fields: Vec<&str> = l.split(' ').collect();
                 format!("{} {}", fields[1], fields[8..].join(" "))
@@ -138,8 +153,10 @@ impl RedisCluster {
 
     /// The member serving `slot` now, as member `asked` sees it.
     pub fn master_of_slot(&self, asked: usize, slot: u16) -> usize {
-        self.serving(asked, slot)
-            .unwrap_or_else(|| panic!("no master serves slot {slot}"))
+        self.serving(asked, slot).unwrap_or_else(|| {
+            let nodes = self.try_cli(asked, &["CLUSTER", "NODES"]);
+            panic!("no master serves slot {slot}: {nodes:?}")
+        })
     }
 
     /// As [`master_of_slot`](Self::master_of_slot), `None` while no master
@@ -147,7 +164,7 @@ impl RedisCluster {
     pub fn serving(&self, asked: usize, slot: u16) -> Option<usize> {
         for line in self.cli(asked, &["CLUSTER", "NODES"]).lines() {
             let fields: Vec<&str> = line.split(' ').collect();
-            if !fields[2].contains("master") || fields[2].contains("fail") {
+            if !healthy_master(fields[2]) {
                 continue;
             }
             let serves = fields[8..].iter().any(|range| {
@@ -231,4 +248,10 @@ impl Drop for RedisCluster {
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// `CLUSTER NODES` flags of a master not failing (`nofailover` is fine).
+fn healthy_master(flags: &str) -> bool {
+    let flags: Vec<&str> = flags.split(',').collect();
+    flags.contains(&"master") && !flags.contains(&"fail") && !flags.contains(&"fail?")
 }

@@ -4,7 +4,7 @@
 //! of ours (the "wrong CA").
 
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -108,10 +108,26 @@ impl TlsNodes {
     /// `n` nodes serving `certs`' server certificate; with `client_certs`
     /// they accept only clients with a certificate from the test CA.
     pub fn start(n: usize, certs: &Certs, client_certs: bool) -> Self {
+        let path = |file: &str| certs.path(file).to_string_lossy().into_owned();
+        Self::start_with(n, |port| {
+            let mut args: Vec<String> = vec!["--port".into(), "0".into()];
+            args.extend(["--tls-port".into(), port.to_string()]);
+            args.extend(["--tls-cert-file".into(), path("server.crt")]);
+            args.extend(["--tls-key-file".into(), path("server.key")]);
+            args.extend(["--tls-ca-cert-file".into(), path("ca.crt")]);
+            let auth = if client_certs { "yes" } else { "no" };
+            args.extend(["--tls-auth-clients".into(), auth.into()]);
+            args
+        })
+    }
+
+    /// `n` nodes started with the arguments `args` gives for a free port
+    /// (a configuration file among them, say).
+    pub fn start_with(n: usize, args: impl Fn(u16) -> Vec<String>) -> Self {
         let mut ports = Vec::new();
         let mut children = Vec::new();
         for _ in 0..n {
-            let (port, child) = start_one(certs, client_certs);
+            let (port, child) = start_one(&args);
             ports.push(port);
             children.push(child);
         }
@@ -136,21 +152,13 @@ impl Drop for TlsNodes {
     }
 }
 
-fn start_one(certs: &Certs, client_certs: bool) -> (u16, Child) {
+fn start_one(args: &impl Fn(u16) -> Vec<String>) -> (u16, Child) {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let port = super::free_port();
-        let arg = |p: &Path| p.to_string_lossy().into_owned();
         let mut child = Command::new("redis-server")
-            .args(["--port", "0", "--tls-port", &port.to_string()])
+            .args(args(port))
             .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-            .args(["--tls-cert-file", &arg(&certs.path("server.crt"))])
-            .args(["--tls-key-file", &arg(&certs.path("server.key"))])
-            .args(["--tls-ca-cert-file", &arg(&certs.path("ca.crt"))])
-            .args([
-                "--tls-auth-clients",
-                if client_certs { "yes" } else { "no" },
-            ])
             .args(["--logfile", ""])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
