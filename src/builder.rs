@@ -421,10 +421,11 @@ impl Builder {
             )));
         }
         let nodes: Arc<[Node]> = nodes.into();
-        if let Some((second, first)) = warm_up(&nodes, self.connect_timeout).await {
+        if let Some((a, b)) = warm_up(&nodes, self.connect_timeout).await {
+            // Whichever answered first: name them in list order.
             return Err(Error::SameServer {
-                first,
-                second,
+                first: a.min(b),
+                second: a.max(b),
                 how: "same run_id",
             });
         }

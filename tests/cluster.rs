@@ -78,6 +78,28 @@ async fn exclusion_across_three_clusters() {
     assert_eq!(report.hung, 0, "{report}");
     assert!(report.acquisitions > 100, "{report}");
     assert_eq!(report.unavailable + report.other_errors, 0, "{report}");
+
+    // One cluster given twice, by other seeds: one failure domain, refused.
+    let mut reversed = clusters[0].seeds();
+    reversed.reverse();
+    let err = Redlock::builder()
+        .cluster_node(clusters[0].seeds())
+        .cluster_node(clusters[1].seeds())
+        .cluster_node(reversed)
+        .build()
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            quorumlock::Error::SameServer {
+                first: 0,
+                second: 2,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
