@@ -216,9 +216,11 @@ impl fmt::Display for NodeFailure {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum FailureKind {
-    /// No reply within the deadline (the builder's node timeout, at most a
-    /// tenth of the TTL): a slow, frozen or distant node. If a healthy node
-    /// often lands here, raise the node timeout.
+    /// No reply within this long: the deadline (the builder's node timeout,
+    /// at most a tenth of the TTL) for a slow, frozen or distant node, or
+    /// less when the outcome was certain before the node's reply could
+    /// count. If a healthy node often misses the deadline, raise the node
+    /// timeout.
     TimedOut(Duration),
     /// Not reachable: connection refused, reset, or not yet re-established.
     Unreachable,

@@ -456,10 +456,13 @@ pub(crate) async fn gather<S>(
             }
         }
     }
-    if tally.abandoned {
-        tally.close(start.elapsed());
-    } else {
+    // A node is reported silent for as long as it was waited for: the whole
+    // node timeout only when the deadline passed, not when the vote was
+    // decided (or given up) before its reply could come.
+    if tally.expired {
         tally.close(waited);
+    } else {
+        tally.close(start.elapsed());
     }
 }
 
@@ -666,6 +669,26 @@ mod tests {
         assert_eq!(start.elapsed(), Duration::from_millis(6));
         assert!(t.abandoned() && !t.expired());
         assert!(t.error().is_contended(), "{}", t.error());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_node_left_out_of_an_early_decision_is_silent_only_so_far() {
+        // Two refusals decide the vote at 2 ms: node 2 was waited for 2 ms,
+        // not for the 50 ms deadline it never reached.
+        let mut c = calls([
+            (1, fail(FailureKind::Permission)),
+            (2, fail(FailureKind::Permission)),
+            (30, Reply::Yes),
+        ]);
+        let t = gather_acquire(&mut c, [0, 0, 0]).await;
+        assert!(!t.expired());
+        let silent: Vec<FailureKind> = t
+            .failures()
+            .iter()
+            .map(|f| f.kind())
+            .filter(|k| k.is_silent())
+            .collect();
+        assert_eq!(silent, [FailureKind::TimedOut(Duration::from_millis(2))]);
     }
 
     #[tokio::test(start_paused = true)]
