@@ -7,6 +7,7 @@
 //! processes say they were skipped.
 #![allow(dead_code)]
 
+pub mod docker;
 pub mod proxy;
 pub mod redis_cluster;
 pub mod tls;
@@ -171,12 +172,12 @@ pub fn cluster_with(n: usize, extra: &[&str]) -> Option<Cluster> {
 
 /// Written past the test harness's output capture, so a skip is visible in
 /// a passing run.
-fn say_skipped(why: &str) {
+pub(crate) fn say_skipped(why: &str) {
     let name = std::thread::current().name().unwrap_or("test").to_string();
     let _ = writeln!(std::io::stderr(), "SKIPPED {name}: {why}");
 }
 
-fn external_nodes() -> Option<Vec<String>> {
+pub(crate) fn external_nodes() -> Option<Vec<String>> {
     let raw = std::env::var(NODES_ENV).ok()?;
     let urls: Vec<String> = raw
         .split(',')
