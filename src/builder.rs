@@ -31,6 +31,19 @@ pub(crate) fn health_limit(node_timeout: Duration) -> Duration {
 ///
 /// The wait before a retry is `delay` plus a random share of `jitter`, so
 /// clients that failed together do not retry together.
+///
+/// ```
+/// use std::time::Duration;
+/// use quorumlock::RetryPolicy;
+///
+/// // Up to 50 attempts, 20–30 ms apart, giving up after 2 s in all.
+/// let patient = RetryPolicy::new()
+///     .attempts(50)
+///     .delay(Duration::from_millis(20))
+///     .jitter(Duration::from_millis(10))
+///     .max_wait(Some(Duration::from_secs(2)));
+/// assert_ne!(patient, RetryPolicy::none());
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RetryPolicy {
     attempts: u32,
@@ -121,7 +134,24 @@ impl RetryPolicy {
     }
 }
 
-/// Builds a [`Redlock`]. Create one with [`Redlock::builder`].
+/// Builds a [`Redlock`]. Create one with [`Redlock::builder`]; every setter
+/// says its default, and [`build`](Self::build) checks them all at once.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), quorumlock::Error> {
+/// use std::time::Duration;
+/// use quorumlock::{Redlock, RetryPolicy};
+///
+/// let redlock = Redlock::builder()
+///     .nodes(["redis://10.0.0.1:6379", "redis://10.0.0.2:6379", "redis://10.0.0.3:6379"])
+///     .node_timeout(Duration::from_millis(20)) // nodes in one data centre
+///     .key_prefix("locks:")                    // the key of "invoice:42" is "locks:invoice:42"
+///     .fencing(true)
+///     .retry(RetryPolicy::new().max_wait(Some(Duration::from_secs(5))))
+///     .build()
+///     .await?;
+/// # Ok(()) }
+/// ```
 #[derive(Debug)]
 #[must_use]
 pub struct Builder {

@@ -45,6 +45,13 @@
 //! `tls-native-tls` (one of them) make `rediss://` addresses work;
 //! `metrics` reports counters and a latency histogram on the `metrics`
 //! facade. None is on by default.
+//!
+//! # Guides
+//! [`guide`] has the long form: a [tour](guide::tour) of the API, settings
+//! and errors; [keep-alive, `lost` and `with_lock`](guide::keep_alive);
+//! [fencing](guide::fencing); [several resources](guide::several_resources);
+//! [visibility](guide::visibility); the [guarantees](guide::guarantees) and
+//! [operations](guide::operations).
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
@@ -53,6 +60,7 @@ mod builder;
 mod cleanup;
 mod error;
 mod fanout;
+pub mod guide;
 mod link;
 mod lock;
 mod node;

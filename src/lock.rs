@@ -255,6 +255,26 @@ impl Shared {
 }
 
 /// When and how long [`Lock::keep_alive`] extends a lock.
+///
+/// ```no_run
+/// # async fn demo(redlock: quorumlock::Redlock) -> Result<(), quorumlock::Error> {
+/// use std::time::Duration;
+/// use quorumlock::KeepAlive;
+///
+/// let mut lock = redlock.acquire("export", Duration::from_secs(10)).await?;
+/// // Extend when a quarter of the validity is left, for at most 10 minutes.
+/// lock.keep_alive(
+///     KeepAlive::new()
+///         .when_left(0.25)
+///         .max_hold(Some(Duration::from_secs(600))),
+/// );
+/// tokio::select! {
+///     () = export() => lock.release().await?,
+///     () = lock.lost() => eprintln!("lost the lock: export stopped"),
+/// }
+/// # Ok(()) }
+/// # async fn export() {}
+/// ```
 #[derive(Debug, Clone, PartialEq)]
 pub struct KeepAlive {
     share_left: f64,
@@ -406,6 +426,22 @@ async fn keep_alive(shared: Arc<Shared>, policy: KeepAlive) {
 /// [`keep_alive`](Self::keep_alive) do that and watch [`lost`](Self::lost).
 /// Dropping a `Lock` releases it in the background; [`release`](Self::release)
 /// does the same and reports how it went.
+///
+/// ```no_run
+/// # async fn demo(redlock: quorumlock::Redlock) -> Result<(), quorumlock::Error> {
+/// use std::time::Duration;
+///
+/// let mut lock = redlock.acquire("invoice:42", Duration::from_secs(10)).await?;
+/// for batch in 0..10 {
+///     if lock.remaining() < Duration::from_secs(2) {
+///         lock.extend(Duration::from_secs(10)).await?; // or Error::Lost: stop
+///     }
+///     // ... work on batch `batch`, only while the lock is held ...
+/// #   let _ = batch;
+/// }
+/// lock.release().await?;
+/// # Ok(()) }
+/// ```
 #[must_use = "dropping a Lock releases it at once"]
 pub struct Lock {
     shared: Arc<Shared>,
@@ -722,6 +758,24 @@ impl Drop for Lock {
 /// A watcher of a [`Lock`], handed to the work it protects (see
 /// [`Redlock::with_lock`](crate::Redlock::with_lock)). It cannot release or
 /// extend the lock; it can tell when the lock is lost.
+///
+/// ```no_run
+/// # async fn demo(redlock: quorumlock::Redlock) -> Result<(), quorumlock::Error> {
+/// use std::time::Duration;
+///
+/// let copied = redlock
+///     .with_lock("backup", Duration::from_secs(10), |guard| async move {
+///         let mut copied = 0;
+///         // Stop between files once the lock is no longer certain.
+///         while copied < 1000 && guard.is_held() {
+///             copied += 1; // ... copy one file ...
+///         }
+///         copied
+///     })
+///     .await?;
+/// # let _ = copied;
+/// # Ok(()) }
+/// ```
 #[derive(Clone)]
 pub struct Guard {
     shared: Arc<Shared>,
