@@ -266,6 +266,15 @@ async fn a_guard_tells_the_work_that_the_lock_was_lost() {
         .await
         .unwrap()
         .unwrap();
-    assert!(at <= deadline);
+    // `lost()` is due 2 ms before the deadline; the watcher task's own
+    // wake-up comes on top, a few milliseconds on a loaded 2-core machine
+    // (a CI run once saw it land just past the deadline). What must hold:
+    // it fires near the deadline, not at once and not long after it.
+    assert!(
+        at <= deadline + Duration::from_millis(10),
+        "fired {:?} after the deadline",
+        at - deadline
+    );
+    assert!(at + Duration::from_millis(50) >= deadline, "fired far too early");
     drop(lock);
 }
