@@ -275,6 +275,9 @@ async fn a_guard_tells_the_work_that_the_lock_was_lost() {
         "fired {:?} after the deadline",
         at - deadline
     );
-    assert!(at + Duration::from_millis(50) >= deadline, "fired far too early");
+    assert!(
+        at + Duration::from_millis(50) >= deadline,
+        "fired far too early"
+    );
     drop(lock);
 }
