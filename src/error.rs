@@ -148,11 +148,45 @@ pub enum Error {
     #[error("invalid input: {0}")]
     InvalidInput(&'static str),
 
+    /// The name is already in use by another kind of lock, or by a semaphore
+    /// with another number of permits: every client of one name must agree,
+    /// or the larger count would admit more holders than the smaller one
+    /// allows. Nothing was locked.
+    #[error("`{name}` is already in use as {found}")]
+    NameInUse {
+        /// The name as the caller gave it.
+        name: String,
+        /// What the nodes hold under it.
+        found: InUse,
+    },
+
     /// The call was polled outside a tokio runtime (with its time and I/O
     /// drivers enabled), which quorumlock needs for its deadlines and
     /// connections.
     #[error("no tokio runtime: quorumlock must be used inside a tokio runtime with time and I/O enabled")]
     NoRuntime,
+}
+
+/// What a name is already used as (see [`Error::NameInUse`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum InUse {
+    /// A mutex (or any plain value the application stored there).
+    Mutex,
+    /// A semaphore with this many permits.
+    Semaphore(u32),
+    /// Another kind of quorumlock lock (a read-write lock).
+    OtherKind,
+}
+
+impl fmt::Display for InUse {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            InUse::Mutex => f.write_str("a mutex (or another value)"),
+            InUse::Semaphore(n) => write!(f, "a semaphore of {n} permits"),
+            InUse::OtherKind => f.write_str("another kind of lock"),
+        }
+    }
 }
 
 /// Why a lock was lost (see [`Error::Lost`]).
@@ -334,6 +368,7 @@ impl Error {
                 | Error::Config(_)
                 | Error::InvalidInput(_)
                 | Error::Refused { .. }
+                | Error::NameInUse { .. }
                 | Error::NoRuntime
         )
     }

@@ -22,6 +22,8 @@ pub(crate) struct Scripts {
     extend: Script,
     acquire_fenced: Script,
     fence_commit: Script,
+    inspect: Script,
+    semaphore_register: Script,
 }
 
 impl Scripts {
@@ -39,6 +41,8 @@ impl Scripts {
             extend: Script::new(include_str!("scripts/extend.lua")),
             acquire_fenced: Script::new(include_str!("scripts/acquire_fenced.lua")),
             fence_commit: Script::new(include_str!("scripts/fence_commit.lua")),
+            inspect: Script::new(include_str!("scripts/inspect.lua")),
+            semaphore_register: Script::new(include_str!("scripts/semaphore_register.lua")),
         }
     }
 }
@@ -54,10 +58,9 @@ pub(crate) fn set_nx_px_cmd(key: &str, token: &str, ttl_ms: u64, get: bool) -> C
     cmd
 }
 
-/// An invocation of `script` with `keys` as its KEYS.
 /// `EVALSHA` of `script` with `keys` and then `more` as its KEYS; the
 /// caller adds ARGV. Built once, it can be sent to every node.
-fn evalsha(script: &Script, keys: &[Arc<str>], more: &[Arc<str>]) -> Cmd {
+pub(crate) fn evalsha(script: &Script, keys: &[Arc<str>], more: &[Arc<str>]) -> Cmd {
     let mut cmd = redis::cmd("EVALSHA");
     cmd.arg(script.get_hash()).arg(keys.len() + more.len());
     for key in keys.iter().chain(more) {
@@ -263,6 +266,40 @@ impl Node {
         self.repeatable(&cmd, &scripts.extend, |n| n == 1).await
     }
 
+    /// What the node holds under `keys`, changing nothing: per key its
+    /// type, value and remaining TTL in milliseconds (see `inspect.lua`).
+    pub(crate) async fn inspect(
+        &self,
+        scripts: &Scripts,
+        keys: &[Arc<str>],
+    ) -> Result<Vec<(String, String, i64)>, Reply> {
+        let eval = evalsha(&scripts.inspect, keys, &[]);
+        let flat: Vec<Value> = self.run_script(&eval, &scripts.inspect).await.0?;
+        let mut out = Vec::with_capacity(keys.len());
+        for entry in flat.chunks(3) {
+            let text = |v: &Value| String::from_redis_value(v.clone()).unwrap_or_default();
+            let (kind, value, ttl) = match entry {
+                [kind, value, ttl] => (text(kind), text(value), i64::from_redis_value(ttl.clone())),
+                _ => return Err(Reply::Fail(FailureKind::Other, None)),
+            };
+            out.push((kind, value, ttl.unwrap_or(-2)));
+        }
+        Ok(out)
+    }
+
+    /// Records or checks a semaphore's permit count (`semaphore_register.lua`):
+    /// 0 when it agrees, else what the node holds instead.
+    pub(crate) async fn register_semaphore(
+        &self,
+        scripts: &Scripts,
+        key: &Arc<str>,
+        permits: u32,
+    ) -> Result<i64, Reply> {
+        let mut eval = evalsha(&scripts.semaphore_register, std::slice::from_ref(key), &[]);
+        eval.arg(permits);
+        self.run_script(&eval, &scripts.semaphore_register).await.0
+    }
+
     /// Runs a script that is safe to repeat (`eval`, built by [`evalsha`]),
     /// once more on a fresh connection if the first one dropped under it: a
     /// reset connection must not leave a key behind for a whole TTL. A node
@@ -274,33 +311,45 @@ impl Node {
         script: &Script,
         mut yes: impl FnMut(i64) -> bool,
     ) -> Reply {
-        let mut reply = Reply::Fail(FailureKind::Unreachable, None);
+        match self.run_script::<i64>(eval, script).await {
+            (Ok(n), retried) if yes(n) && retried => Reply::YesRetried,
+            (Ok(n), _) if yes(n) => Reply::Yes,
+            (Ok(_), _) => Reply::No,
+            (Err(reply), _) => reply,
+        }
+    }
+
+    /// Runs `eval` (a script safe to repeat) and reads its result as `T`:
+    /// loads `script` where the node forgot it, and asks once more on a
+    /// fresh connection where the first dropped under the call. Also says
+    /// whether the answer came from that second try.
+    pub(crate) async fn run_script<T: FromRedisValue>(
+        &self,
+        eval: &Cmd,
+        script: &Script,
+    ) -> (Result<T, Reply>, bool) {
+        let mut outcome = Err(Reply::Fail(FailureKind::Unreachable, None));
         for again in [false, true] {
             let call = match self.begin().await {
                 Ok(call) => call,
-                Err(reply) => return reply,
+                Err(reply) => return (Err(reply), again),
             };
             let mut mux = call.mux();
-            let mut result = eval.query_async::<i64>(&mut mux).await;
+            let mut result = eval.query_async::<T>(&mut mux).await;
             if matches!(&result, Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript))
             {
                 result = match script.prepare_invoke().load_async(&mut mux).await {
-                    Ok(_) => eval.query_async::<i64>(&mut mux).await,
+                    Ok(_) => eval.query_async::<T>(&mut mux).await,
                     Err(e) => Err(e),
                 };
             }
-            reply = match self.end(call, result) {
-                Ok(n) if yes(n) && again => Reply::YesRetried,
-                Ok(n) if yes(n) => Reply::Yes,
-                Ok(_) => Reply::No,
-                Err(reply) => reply,
-            };
-            match &reply {
-                Reply::Fail(_, Some(e)) if dropped(e) => continue,
-                _ => break,
+            outcome = self.end(call, result);
+            match &outcome {
+                Err(Reply::Fail(_, Some(e))) if dropped(e) => continue,
+                _ => return (outcome, again),
             }
         }
-        reply
+        (outcome, true)
     }
 
     /// A connection for one call, or the reason there is none.

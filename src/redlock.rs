@@ -55,7 +55,7 @@ pub(crate) struct Inner {
 /// ```
 #[derive(Clone)]
 pub struct Redlock {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
 }
 
 impl std::fmt::Debug for Redlock {
@@ -198,7 +198,7 @@ impl Redlock {
     }
 
     /// The key of one resource, checked: not empty, not reserved.
-    fn checked_key(&self, resource: &str) -> Result<Arc<str>, Error> {
+    pub(crate) fn checked_key(&self, resource: &str) -> Result<Arc<str>, Error> {
         if resource.is_empty() {
             return Err(Error::InvalidInput("resource name is empty"));
         }
@@ -211,17 +211,36 @@ impl Redlock {
         Ok(key)
     }
 
-    /// The retry loop shared by `acquire` and `acquire_many`.
+    /// The retry loop of `acquire` and `acquire_many`.
     async fn acquire_keys(&self, keys: Keys, ttl: Duration) -> Result<Lock, Error> {
+        let inner = &self.inner;
+        self.acquire_by(&keys, ttl, |plan| attempt(inner, keys.clone(), plan))
+            .await
+    }
+
+    /// The retry loop of every primitive: `try_once` makes one attempt
+    /// (for a semaphore, over its permits); while the resource is held,
+    /// a release of any of `watched` starts the next one at once.
+    pub(crate) async fn acquire_by<F, Fut>(
+        &self,
+        watched: &Keys,
+        ttl: Duration,
+        mut try_once: F,
+    ) -> Result<Lock, Error>
+    where
+        F: FnMut(Plan) -> Fut,
+        Fut: Future<Output = Result<Lock, Failed>>,
+    {
+        let keys = watched;
         let plan = self.inner.plan(ttl)?;
         let started = Instant::now();
         let policy = &self.inner.retry;
         // Set up once the resource was found held: wakes us on the release
         // of any of its keys.
         let mut watch: Option<Watch> = None;
-        if let Some(until) = self.inner.wakeups.courtesy(&keys) {
+        if let Some(until) = self.inner.wakeups.courtesy(keys) {
             // This manager just released the lock to waiters: their turn.
-            let w = self.inner.wakeups.watch(&keys, COURTESY).await;
+            let w = self.inner.wakeups.watch(keys, COURTESY).await;
             let notify = w.notify();
             tokio::select! {
                 () = notify.notified() => {}
@@ -239,7 +258,7 @@ impl Redlock {
             if let Some(released) = released.as_mut() {
                 released.as_mut().enable();
             }
-            let failed = match attempt(&self.inner, keys.clone(), plan).await {
+            let failed = match try_once(plan).await {
                 Ok(lock) => return Ok(lock),
                 Err(failed) => failed,
             };
@@ -275,7 +294,7 @@ impl Redlock {
             if failed.seen_held && watch.is_none() {
                 // Once subscribed, try again at once: a release between the
                 // failed attempt and the subscription would be missed.
-                watch = Some(self.inner.wakeups.watch(&keys, wait).await);
+                watch = Some(self.inner.wakeups.watch(keys, wait).await);
                 attempt_no += u32::from(counted);
                 continue;
             }
@@ -542,7 +561,7 @@ impl From<Error> for Failed {
 }
 
 /// One attempt, in a tracing span.
-async fn attempt(inner: &Arc<Inner>, keys: Keys, plan: Plan) -> Result<Lock, Failed> {
+pub(crate) async fn attempt(inner: &Arc<Inner>, keys: Keys, plan: Plan) -> Result<Lock, Failed> {
     use tracing::Instrument;
     let span = tracing::debug_span!("quorumlock_attempt", key = &*keys[0], keys = keys.len());
     let result = if span.is_disabled() {
@@ -788,7 +807,7 @@ async fn commit_fence(
 /// Removes an attempt's keys unless the attempt won: after a failed vote,
 /// and when the caller drops the attempt midway.
 struct AttemptGuard {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
     keys: Keys,
     token: Arc<str>,
     ttl: Duration,

@@ -21,9 +21,23 @@ pub enum Style {
     Acquire,
 }
 
+/// What the clients lock.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// The mutex: no two windows of a resource may overlap.
+    Mutex,
+    /// A semaphore of this many permits per resource: no more windows may
+    /// overlap at any instant.
+    Semaphore(u32),
+}
+
 /// What the clients do.
 #[derive(Clone)]
 pub struct Load {
+    pub kind: Kind,
+    /// A share of holds (0..1) that stall past the TTL before releasing,
+    /// as a holder paused by GC or a stopped VM would.
+    pub paused_share: f64,
     pub clients: usize,
     pub style: Style,
     pub resources: Vec<String>,
@@ -44,6 +58,8 @@ impl Load {
     /// timeout, as the README advises), like the default retry policy.
     pub fn new(resources: &[String], duration: Duration) -> Self {
         Self {
+            kind: Kind::Mutex,
+            paused_share: 0.0,
             clients: 8,
             style: Style::TryLoop,
             resources: resources.to_vec(),
@@ -161,23 +177,38 @@ pub async fn run_on(nodes: impl Fn() -> quorumlock::Builder, load: &Load) -> Rep
     }
     let elapsed = start.elapsed();
     let record = Arc::try_unwrap(record).ok().unwrap().into_inner().unwrap();
-    judge(record, start, start + elapsed, elapsed)
+    judge(record, load.kind, (start, start + elapsed), elapsed)
 }
 
 async fn client(redlock: Redlock, load: Load, record: Arc<Mutex<Record>>, end: Instant) {
+    // One handle per resource, as an application keeps it: a semaphore
+    // checks its permit count once per handle.
+    let semaphores: HashMap<String, quorumlock::Semaphore> = load
+        .resources
+        .iter()
+        .map(|r| (r.clone(), redlock.semaphore(r, capacity(load.kind))))
+        .collect();
     const HANG: Duration = Duration::from_secs(5);
     while Instant::now() < end {
         let resource = &load.resources[rand::random_range(0..load.resources.len())];
         let asked = Instant::now();
         let attempt = async {
             match load.style {
-                Style::TryLoop => Some(redlock.try_acquire(resource, load.ttl).await),
+                Style::TryLoop => Some(match load.kind {
+                    Kind::Mutex => redlock.try_acquire(resource, load.ttl).await,
+                    Kind::Semaphore(_) => semaphores[resource].try_acquire(load.ttl).await,
+                }),
                 // Cancelled (and so cleaned up) when the run ends.
                 Style::Acquire => {
                     let left = end.saturating_duration_since(Instant::now());
-                    tokio::time::timeout(left, redlock.acquire(resource, load.ttl))
-                        .await
-                        .ok()
+                    let semaphore = &semaphores[resource];
+                    let acquire = async {
+                        match load.kind {
+                            Kind::Mutex => redlock.acquire(resource, load.ttl).await,
+                            Kind::Semaphore(_) => semaphore.acquire(load.ttl).await,
+                        }
+                    };
+                    tokio::time::timeout(left, acquire).await.ok()
                 }
             }
         };
@@ -186,6 +217,10 @@ async fn client(redlock: Redlock, load: Load, record: Arc<Mutex<Record>>, end: I
             Ok(Some(Ok(lock))) => {
                 let acquired = Instant::now();
                 tokio::time::sleep(load.hold).await;
+                if load.paused_share > 0.0 && rand::random_bool(load.paused_share) {
+                    // Paused past the deadline: the window ends there.
+                    tokio::time::sleep(load.ttl + load.hold).await;
+                }
                 let until = Instant::now().min(lock.deadline());
                 {
                     let mut r = record.lock().unwrap();
@@ -228,7 +263,20 @@ async fn client(redlock: Redlock, load: Load, record: Arc<Mutex<Record>>, end: I
     }
 }
 
-fn judge(mut record: Record, start: Instant, end: Instant, elapsed: Duration) -> Report {
+/// How many windows of one resource may overlap.
+fn capacity(kind: Kind) -> u32 {
+    match kind {
+        Kind::Mutex => 1,
+        Kind::Semaphore(permits) => permits,
+    }
+}
+
+fn judge(
+    mut record: Record,
+    kind: Kind,
+    (start, end): (Instant, Instant),
+    elapsed: Duration,
+) -> Report {
     let mut report = Report {
         contended: record.contended,
         unavailable: record.unavailable,
@@ -240,7 +288,7 @@ fn judge(mut record: Record, start: Instant, end: Instant, elapsed: Duration) ->
     };
     for windows in record.windows.values_mut() {
         report.acquisitions += windows.len();
-        let (violations, (gap, at)) = scan(windows, start, end);
+        let (violations, (gap, at)) = scan(windows, capacity(kind), start, end);
         report.violations += violations;
         if gap > report.longest_gap {
             report.longest_gap = gap;
@@ -269,26 +317,40 @@ fn judge(mut record: Record, start: Instant, end: Instant, elapsed: Duration) ->
 /// earlier window (in start order) has ended: safety violations. Sorts
 /// `windows`.
 pub fn overlaps(windows: &mut [(Instant, Instant)]) -> usize {
+    overlaps_over(windows, 1)
+}
+
+/// Windows that start while `capacity` others are still open.
+pub fn overlaps_over(windows: &mut [(Instant, Instant)], capacity: u32) -> usize {
     let start = windows
         .iter()
         .map(|w| w.0)
         .min()
         .unwrap_or_else(Instant::now);
-    scan(windows, start, start).0
+    scan(windows, capacity, start, start).0
 }
 
-/// Sorts `windows` and returns (violations, (longest stretch without a
-/// holder between `start` and `end`, when it began)).
+/// Sorts `windows` and returns (violations: windows that start while
+/// `capacity` others are still open, (longest stretch without a holder
+/// between `start` and `end`, when it began)).
 fn scan(
     windows: &mut [(Instant, Instant)],
+    capacity: u32,
     start: Instant,
     end: Instant,
 ) -> (usize, (Duration, Instant)) {
     windows.sort();
     let (mut violations, mut gap) = (0, (Duration::ZERO, start));
     let mut covered_until = start;
+    // Ends of the windows still open, earliest first.
+    let mut open: std::collections::BinaryHeap<std::cmp::Reverse<Instant>> = Default::default();
     for &(from, until) in windows.iter() {
-        if from < covered_until {
+        while open.peek().is_some_and(|end| end.0 <= from) {
+            open.pop();
+        }
+        let full = open.len() >= capacity as usize;
+        open.push(std::cmp::Reverse(until));
+        if full {
             violations += 1;
             if std::env::var_os("WITNESS_DEBUG").is_some() {
                 eprintln!(

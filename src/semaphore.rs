@@ -1,0 +1,279 @@
+//! A quorum semaphore: at most `permits` holders of one name at once, safe
+//! while a minority of nodes fails, like the mutex.
+//!
+//! # Why it is safe
+//! Counting holders on each node and admitting on a majority is not: with
+//! three nodes and two permits, holders admitted by nodes {1,2}, {2,3} and
+//! {1,3} leave every node at two while three hold a permit. Instead, a
+//! semaphore of `P` permits is `P` ordinary Redlock mutexes, its permit
+//! slots (`{name}:permit:0` … `{name}:permit:P-1`), and a permit is the
+//! lock of one slot. Each slot has at most one holder at any instant, by
+//! exactly the mutex's argument (any two quorums share a node; that node
+//! grants one key at a time; validity is cut by the drift allowance before
+//! the key expires), so at most `P` hold a permit. Failed nodes, clock
+//! drift within the allowance and expiry are covered as for a mutex, and a
+//! permit is a [`Lock`]: extend, release, keep-alive, `lost()`, release on
+//! drop and fencing (per slot) work as they do for a mutex.
+//!
+//! The permit count is recorded under the name's own key (a hash, kept
+//! without a TTL like fencing counters) the first time it is used, and
+//! checked by every client: one that asks for another count gets
+//! [`Error::NameInUse`] instead of silently admitting more holders. A mutex
+//! of the same name is refused the same way, and a mutex asked for on a
+//! semaphore's name is refused by the nodes (`WRONGTYPE`). To change the
+//! count, delete the key on every node while nobody holds a permit.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crate::error::{Error, InUse};
+use crate::inspect::Inspection;
+use crate::lock::Lock;
+use crate::quorum::{Reply, Standing};
+use crate::redlock::{attempt, Failed, Keys, Plan, Redlock};
+
+/// More permits than this are refused: each try walks the slots.
+const MAX_PERMITS: u32 = 1024;
+
+/// A semaphore of a fixed number of permits over a [`Redlock`]'s nodes
+/// (see [`Redlock::semaphore`]). Cheap to clone.
+///
+/// ```no_run
+/// # async fn demo(redlock: quorumlock::Redlock) -> Result<(), quorumlock::Error> {
+/// use std::time::Duration;
+///
+/// // At most 4 report jobs at once across the fleet.
+/// let reports = redlock.semaphore("reports", 4);
+/// let permit = reports.acquire(Duration::from_secs(30)).await?;
+/// // ... run one report, extending or keeping the permit alive as a lock ...
+/// permit.release().await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Semaphore {
+    redlock: Redlock,
+    name: String,
+    permits: u32,
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    /// The name's key: where the permit count is recorded.
+    key: Result<Arc<str>, Error>,
+    /// One lock key per permit, in slot order.
+    slots: Vec<Keys>,
+    /// Every slot key, for waiting on a release of any of them.
+    all: Keys,
+    /// The count was recorded or found equal on a quorum.
+    registered: AtomicBool,
+}
+
+impl std::fmt::Debug for Semaphore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Semaphore")
+            .field("name", &self.name)
+            .field("permits", &self.permits)
+            .finish()
+    }
+}
+
+/// The key of permit `slot` of the semaphore keyed `key`: in the key's
+/// cluster slot (its own hash tag, or the whole key as the tag).
+fn slot_key(key: &str, slot: u32) -> Arc<str> {
+    let tagged = key
+        .find('{')
+        .and_then(|open| key[open + 1..].find('}'))
+        .is_some_and(|len| len > 0);
+    if tagged || key.contains('}') {
+        Arc::from(format!("{key}:permit:{slot}"))
+    } else {
+        Arc::from(format!("{{{key}}}:permit:{slot}"))
+    }
+}
+
+impl Redlock {
+    /// A semaphore of `permits` permits named `name`: at most `permits`
+    /// holders at once, safe while a minority of nodes fails (see
+    /// [`Semaphore`] for why). Every client of a name must use the same
+    /// count; the first use records it on the nodes.
+    ///
+    /// Bad input (an empty name, zero permits, more than 1024) is reported
+    /// by the semaphore's calls as [`Error::InvalidInput`].
+    pub fn semaphore(&self, name: &str, permits: u32) -> Semaphore {
+        let key = self.checked_key(name);
+        let slots: Vec<Keys> = match &key {
+            Ok(key) if (1..=MAX_PERMITS).contains(&permits) => (0..permits)
+                .map(|slot| Arc::from([slot_key(key, slot)]))
+                .collect(),
+            _ => Vec::new(),
+        };
+        let all: Keys = slots.iter().map(|k| k[0].clone()).collect();
+        Semaphore {
+            redlock: self.clone(),
+            name: name.to_string(),
+            permits,
+            shared: Arc::new(Shared {
+                key,
+                slots,
+                all,
+                registered: AtomicBool::new(false),
+            }),
+        }
+    }
+}
+
+impl Semaphore {
+    /// The name as given.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// How many permits it has.
+    pub fn permits(&self) -> u32 {
+        self.permits
+    }
+
+    /// Takes a permit for `ttl`, retrying by the manager's
+    /// [`RetryPolicy`](crate::RetryPolicy) while every permit is held; a
+    /// waiter is woken when any permit is released.
+    ///
+    /// # Errors
+    /// As [`Redlock::acquire`]; [`Error::InvalidInput`] for an empty name
+    /// or a permit count outside 1..=1024; [`Error::NameInUse`] when the
+    /// name is a mutex, another kind of lock, or a semaphore of another
+    /// count.
+    pub async fn acquire(&self, ttl: Duration) -> Result<Lock, Error> {
+        self.check()?;
+        let all = self.shared.all.clone();
+        self.redlock
+            .acquire_by(&all, ttl, |plan| self.try_once(plan))
+            .await
+    }
+
+    /// One try at every permit, without waiting: `Contended` when all are
+    /// held.
+    ///
+    /// # Errors
+    /// As [`acquire`](Self::acquire), from the single try.
+    pub async fn try_acquire(&self, ttl: Duration) -> Result<Lock, Error> {
+        self.check()?;
+        let plan = self.redlock.inner.plan(ttl)?;
+        self.try_once(plan).await.map_err(|f| f.error)
+    }
+
+    /// What each node holds under the permits, and who holds a permit by
+    /// a quorum's reading. Changes nothing.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] for bad input (see
+    /// [`acquire`](Self::acquire)); [`Error::NoRuntime`] outside tokio.
+    pub async fn inspect(&self) -> Result<Inspection, Error> {
+        self.check()?;
+        crate::redlock::require_runtime()?;
+        let key = self.key()?;
+        Ok(self
+            .redlock
+            .inspect_keys(key.to_string(), self.shared.all.clone())
+            .await)
+    }
+
+    fn key(&self) -> Result<&Arc<str>, Error> {
+        self.shared.key.as_ref().map_err(|e| match e {
+            Error::InvalidInput(why) => Error::InvalidInput(why),
+            _ => Error::InvalidInput("invalid semaphore name"),
+        })
+    }
+
+    fn check(&self) -> Result<(), Error> {
+        self.key()?;
+        if self.permits == 0 {
+            return Err(Error::InvalidInput("a semaphore needs at least one permit"));
+        }
+        if self.permits > MAX_PERMITS {
+            return Err(Error::InvalidInput("a semaphore has at most 1024 permits"));
+        }
+        Ok(())
+    }
+
+    /// Tries the permits once each, from a random one on (so clients spread
+    /// over them), until one is won.
+    async fn try_once(&self, plan: Plan) -> Result<Lock, Failed> {
+        self.register().await?;
+        let inner = &self.redlock.inner;
+        let slots = &self.shared.slots;
+        let first = rand::random_range(0..slots.len());
+        let mut seen_held = false;
+        let mut contest = Standing::None;
+        let mut last = None;
+        for i in 0..slots.len() {
+            let keys = slots[(first + i) % slots.len()].clone();
+            match attempt(inner, keys, plan).await {
+                Ok(lock) => return Ok(lock),
+                Err(failed) if failed.error.is_contended() => {
+                    seen_held |= failed.seen_held;
+                    if failed.contest != Standing::None {
+                        contest = failed.contest;
+                    }
+                    last = Some(failed.error);
+                }
+                Err(failed) => return Err(failed),
+            }
+        }
+        Err(Failed {
+            error: last.unwrap_or(Error::Contended {
+                votes: 0,
+                quorum: self.redlock.quorum(),
+            }),
+            seen_held,
+            contest,
+        })
+    }
+
+    /// Records the permit count on the nodes, or checks it against theirs,
+    /// once per handle: on a quorum, and against every node that answers.
+    async fn register(&self) -> Result<(), Error> {
+        if self.shared.registered.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let key = self.key()?.clone();
+        let inner = self.redlock.inner.clone();
+        let found: Arc<Mutex<Option<InUse>>> = Arc::default();
+        let permits = self.permits;
+        let mut calls = inner.fan_out(|inner, i| {
+            let (key, found) = (key.clone(), found.clone());
+            async move {
+                let reply = match inner.nodes[i]
+                    .register_semaphore(&inner.scripts, &key, permits)
+                    .await
+                {
+                    Ok(0) => Reply::Yes,
+                    Ok(other) => {
+                        let in_use = match other {
+                            -1 => InUse::Mutex,
+                            n if n > 0 => InUse::Semaphore(u32::try_from(n).unwrap_or(u32::MAX)),
+                            _ => InUse::OtherKind,
+                        };
+                        *crate::link::lock(&found) = Some(in_use);
+                        Reply::No
+                    }
+                    Err(reply) => reply,
+                };
+                (i, reply)
+            }
+        });
+        let deadline = crate::quorum::deadline_in(inner.node_timeout);
+        let tally = inner.gather(&mut calls, deadline, inner.node_timeout).await;
+        if let Some(found) = *crate::link::lock(&found) {
+            return Err(Error::NameInUse {
+                name: self.name.clone(),
+                found,
+            });
+        }
+        if tally.decision() != Some(crate::quorum::Decision::Won) {
+            return Err(tally.error());
+        }
+        self.shared.registered.store(true, Ordering::Release);
+        Ok(())
+    }
+}

@@ -1,0 +1,339 @@
+//! The quorum semaphore: at most P holders, permits that are locks, waiters
+//! woken by any release, typed errors for bad input and for clients that
+//! disagree about a name, and the witness counting holders under the fault
+//! suite's scenarios.
+
+mod support;
+
+use std::time::Duration;
+
+use quorumlock::{Error, FailureKind, InUse, Reading, Redlock, RetryPolicy};
+use support::proxy::Net;
+use support::witness::{self, Kind, Load, Report, Style};
+use support::{key_count, unique};
+
+const TTL: Duration = Duration::from_secs(10);
+
+async fn manager(urls: &[String]) -> Redlock {
+    support::builder(urls)
+        .retry(RetryPolicy::none())
+        .build()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn at_most_p_holders_and_a_release_makes_room() {
+    let Some((urls, _cluster)) = support::nodes(3) else {
+        return;
+    };
+    let redlock = manager(&urls).await;
+    let reports = redlock.semaphore(&unique("reports"), 2);
+    let a = reports.try_acquire(TTL).await.unwrap();
+    let b = reports.try_acquire(TTL).await.unwrap();
+    assert_ne!(a.key(), b.key(), "two permits, two slots");
+    let full = reports.try_acquire(TTL).await.unwrap_err();
+    assert!(full.is_contended(), "{full}");
+    // Another manager (another process) sees the same count.
+    let other = manager(&urls).await;
+    let full = other
+        .semaphore(reports.name(), 2)
+        .try_acquire(TTL)
+        .await
+        .unwrap_err();
+    assert!(full.is_contended(), "{full}");
+    a.release().await.unwrap();
+    let c = reports.try_acquire(TTL).await.unwrap();
+    drop(c); // released in the background, as any lock
+    drop(b);
+    support::eventually(
+        Duration::from_secs(2),
+        "both permits free again",
+        || async { matches!(reports.inspect().await.unwrap().reading(), Reading::Free) },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_permit_is_a_lock_extended_kept_alive_and_fenced() {
+    let Some((urls, _cluster)) = support::nodes(3) else {
+        return;
+    };
+    let redlock = support::builder(&urls).fencing(true).build().await.unwrap();
+    let one = redlock.semaphore(&unique("single"), 1);
+    let mut permit = one.acquire(Duration::from_millis(300)).await.unwrap();
+    let first = permit.fence().unwrap();
+    permit.extend(Duration::from_millis(300)).await.unwrap();
+    permit.keep_alive(quorumlock::KeepAlive::new());
+    tokio::time::sleep(Duration::from_millis(900)).await; // three TTLs
+    assert!(permit.is_held());
+    assert!(one.try_acquire(TTL).await.unwrap_err().is_contended());
+    permit.release().await.unwrap();
+    let next = one.try_acquire(TTL).await.unwrap();
+    assert!(
+        next.fence().unwrap() > first,
+        "a permit's fence grows per slot"
+    );
+    next.release().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_waiter_is_woken_by_the_release_of_any_permit() {
+    let Some((urls, _cluster)) = support::nodes(3) else {
+        return;
+    };
+    let holder = manager(&urls).await;
+    let name = unique("wake");
+    let held = holder.semaphore(&name, 2);
+    let (a, b) = (
+        held.try_acquire(TTL).await.unwrap(),
+        held.try_acquire(TTL).await.unwrap(),
+    );
+    // Its retry delay is 10 s: getting a permit sooner means it was woken.
+    let waiter = support::builder(&urls)
+        .retry(
+            RetryPolicy::new()
+                .delay(Duration::from_secs(10))
+                .jitter(Duration::ZERO),
+        )
+        .build()
+        .await
+        .unwrap();
+    let waiting = tokio::spawn(async move { waiter.semaphore(&name, 2).acquire(TTL).await });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    b.release().await.unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(2), waiting)
+        .await
+        .expect("woken by the release, not by the 10 s retry delay")
+        .unwrap()
+        .unwrap();
+    got.release().await.unwrap();
+    a.release().await.unwrap();
+}
+
+#[tokio::test]
+async fn bad_input_and_disagreements_are_typed_errors_and_leave_nothing() {
+    let Some((urls, _cluster)) = support::nodes(3) else {
+        return;
+    };
+    let before: Vec<usize> = futures::future::join_all(urls.iter().map(|u| key_count(u))).await;
+    let redlock = manager(&urls).await;
+    for (name, permits) in [("", 2), ("zero", 0), ("many", 1025)] {
+        let s = redlock.semaphore(name, permits);
+        let e = s.try_acquire(TTL).await.unwrap_err();
+        assert!(matches!(e, Error::InvalidInput(_)), "{name}/{permits}: {e}");
+        let e = s.acquire(TTL).await.unwrap_err();
+        assert!(matches!(e, Error::InvalidInput(_)), "{name}/{permits}: {e}");
+    }
+
+    // Two clients that disagree on the count: the second is refused.
+    let name = unique("jobs");
+    let two = redlock.semaphore(&name, 2);
+    let permit = two.try_acquire(TTL).await.unwrap();
+    let other = manager(&urls).await;
+    let e = other
+        .semaphore(&name, 3)
+        .try_acquire(TTL)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            &e,
+            Error::NameInUse {
+                found: InUse::Semaphore(2),
+                ..
+            }
+        ),
+        "{e}"
+    );
+    assert!(e.is_invalid() && !e.is_retryable(), "{e}");
+    let e = other.semaphore(&name, 3).acquire(TTL).await.unwrap_err();
+    assert!(matches!(&e, Error::NameInUse { .. }), "{e}");
+    permit.release().await.unwrap();
+
+    // A name used as a mutex and a semaphore, both ways round.
+    let mutex = unique("mutex");
+    let lock = redlock.try_acquire(&mutex, TTL).await.unwrap();
+    let e = redlock
+        .semaphore(&mutex, 2)
+        .try_acquire(TTL)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            &e,
+            Error::NameInUse {
+                found: InUse::Mutex,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    lock.release().await.unwrap();
+    let e = redlock.try_acquire(&name, TTL).await.unwrap_err();
+    assert!(e.is_refused(), "{e}");
+    assert!(
+        e.failures()
+            .iter()
+            .any(|f| f.kind() == FailureKind::WrongType),
+        "{e}"
+    );
+
+    // Left behind: only the semaphore's recorded count (one key per node).
+    support::eventually(Duration::from_secs(2), "nothing else left", || async {
+        let now: Vec<usize> = futures::future::join_all(urls.iter().map(|u| key_count(u))).await;
+        now.iter().zip(&before).all(|(n, b)| *n == b + 1)
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn inspect_reads_holders_and_a_quorums_view() {
+    let Some(mut cluster) = support::cluster(3) else {
+        return;
+    };
+    let urls = cluster.urls();
+    let redlock = manager(&urls).await;
+    let resource = unique("inspect");
+    let seen = redlock.inspect(&resource).await.unwrap();
+    assert_eq!(seen.reading(), &Reading::Free);
+    let mut lock = redlock.try_acquire(&resource, TTL).await.unwrap();
+    let seen = redlock.inspect(&resource).await.unwrap();
+    assert_eq!(
+        seen.reading(),
+        &Reading::Held(vec![lock.token().to_string()])
+    );
+    for view in seen.nodes() {
+        let quorumlock::NodeView::Holders(holders) = view else {
+            panic!("{view:?}");
+        };
+        assert_eq!(holders[0].token(), lock.token());
+        let ttl = holders[0].ttl().unwrap();
+        assert!(ttl <= TTL && ttl > TTL / 2, "{ttl:?}");
+    }
+    // A node down: still held by a quorum's reading, and it says so.
+    cluster.kill(2);
+    let seen = redlock.inspect(&resource).await.unwrap();
+    assert_eq!(
+        seen.reading(),
+        &Reading::Held(vec![lock.token().to_string()])
+    );
+    assert!(matches!(
+        seen.nodes()[2],
+        quorumlock::NodeView::Unreachable(_)
+    ));
+    // Read-only: the lock is still ours everywhere it was.
+    lock.extend(TTL).await.unwrap();
+
+    let permits = redlock.semaphore(&unique("inspect-permits"), 3);
+    let (a, b) = (
+        permits.try_acquire(TTL).await.unwrap(),
+        permits.try_acquire(TTL).await.unwrap(),
+    );
+    let Reading::Held(mut tokens) = permits.inspect().await.unwrap().reading().clone() else {
+        panic!("two permits are held");
+    };
+    tokens.sort();
+    let mut expected = vec![a.token().to_string(), b.token().to_string()];
+    expected.sort();
+    assert_eq!(tokens, expected);
+    assert!(redlock.inspect("").await.is_err());
+}
+
+#[test]
+fn the_witness_counts_holders() {
+    let t = std::time::Instant::now();
+    let ms = |n| t + Duration::from_millis(n);
+    // Three windows open together at 5 ms.
+    let windows = [
+        (ms(0), ms(10)),
+        (ms(2), ms(12)),
+        (ms(5), ms(6)),
+        (ms(11), ms(20)),
+    ];
+    assert_eq!(witness::overlaps_over(&mut windows.clone(), 3), 0);
+    assert_eq!(witness::overlaps_over(&mut windows.clone(), 2), 1);
+    assert_eq!(witness::overlaps_over(&mut windows.clone(), 1), 3);
+}
+
+/// The semaphore's witness: 8 clients, 3 permits, on `urls`.
+async fn permits_run(urls: &[String], name: &str, style: Style) -> Report {
+    let mut load = Load::new(&[unique(name)], Duration::from_millis(1500));
+    load.kind = Kind::Semaphore(3);
+    load.style = style;
+    load.hold = Duration::from_millis(5);
+    witness::run(urls, &load).await
+}
+
+fn assert_safe(scenario: &str, report: &Report) {
+    eprintln!("SEMAPHORE {scenario}: {report}");
+    assert_eq!(
+        report.violations, 0,
+        "{scenario}: more than 3 holders at once"
+    );
+    assert_eq!(report.hung, 0, "{scenario}: a call hung");
+    assert!(report.acquisitions > 30, "{scenario}: {report}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn never_more_than_p_holders_under_faults() {
+    let _serial = support::serial().await;
+    let Some(mut cluster) = support::cluster(3) else {
+        return;
+    };
+    let urls = cluster.urls();
+    for style in [Style::TryLoop, Style::Acquire] {
+        let report = permits_run(&urls, "calm", style).await;
+        assert_safe(&format!("no fault, {style:?}"), &report);
+    }
+
+    // A frozen node, thawed and frozen again.
+    let run = permits_run(&urls, "frozen", Style::TryLoop);
+    let fault = async {
+        for _ in 0..5 {
+            cluster.freeze(2);
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            cluster.thaw(2);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    let (report, ()) = tokio::join!(run, fault);
+    cluster.thaw(2);
+    assert_safe("frozen node", &report);
+
+    // A node killed and restarted after the delayed-restart wait.
+    let run = permits_run(&urls, "restart", Style::Acquire);
+    let fault = async {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        cluster.kill(1);
+        tokio::time::sleep(Duration::from_millis(1100)).await; // the TTL, and more
+        cluster.restart(1);
+    };
+    let (report, ()) = tokio::join!(run, fault);
+    assert_safe("delayed restart", &report);
+
+    // Holders paused past their deadline (GC, a stopped VM).
+    let mut load = Load::new(&[unique("paused")], Duration::from_millis(2000));
+    load.kind = Kind::Semaphore(3);
+    load.ttl = Duration::from_millis(300);
+    load.paused_share = 0.2;
+    let report = witness::run(&urls, &load).await;
+    assert_safe("paused holders", &report);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn never_more_than_p_holders_with_a_slow_or_blackholed_node() {
+    let _serial = support::serial().await;
+    let Some(net) = Net::start().await else {
+        return;
+    };
+    net.proxies[2].random_latency(Duration::from_millis(80));
+    let report = permits_run(&net.urls(), "slow", Style::TryLoop).await;
+    net.proxies[2].heal();
+    assert_safe("slow node", &report);
+
+    net.proxies[0].blackhole();
+    let report = permits_run(&net.urls(), "blackhole", Style::Acquire).await;
+    net.proxies[0].heal();
+    assert_safe("blackholed node", &report);
+}
