@@ -110,6 +110,10 @@ impl RetryPolicy {
         self
     }
 
+    pub(crate) fn jitter_limit(&self) -> Duration {
+        self.jitter
+    }
+
     pub(crate) fn fixed_delay(&self) -> Duration {
         self.delay
     }

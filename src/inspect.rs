@@ -124,9 +124,9 @@ impl Redlock {
     }
 }
 
-/// Per node, per key: the string value held there and its TTL in ms, or
-/// `None` for no string (free); `Err` for a node that did not answer.
-type Seen = Vec<Result<Vec<Option<(String, i64)>>, FailureKind>>;
+/// Per node, the holders' tokens and TTLs in ms it has under the keys;
+/// `Err` for a node that did not answer.
+type Seen = Vec<Result<Vec<(String, i64)>, FailureKind>>;
 
 /// Reads `keys` on every node, waiting at most `limit` for answers.
 async fn inspect(
@@ -148,7 +148,8 @@ async fn inspect(
             seen[i] = match answer {
                 Ok(entries) => Ok(entries
                     .into_iter()
-                    .map(|(kind, value, ttl)| (kind == "string").then_some((value, ttl)))
+                    .filter(|(kind, _, _)| kind == "string")
+                    .map(|(_, value, ttl)| (value, ttl))
                     .collect()),
                 Err(Reply::Fail(kind, _)) => Err(kind),
                 Err(_) => Err(FailureKind::Other),
@@ -162,7 +163,6 @@ async fn inspect(
             Ok(entries) => NodeView::Holders(
                 entries
                     .iter()
-                    .flatten()
                     .map(|(token, ttl)| Holder {
                         token: token.clone(),
                         ttl: u64::try_from(*ttl).ok().map(Duration::from_millis),
@@ -175,43 +175,35 @@ async fn inspect(
     Inspection {
         key,
         nodes,
-        reading: reading(&seen, keys.len()),
+        reading: reading(&seen),
     }
 }
 
-/// The quorum's reading of `keys` keys (each a mutex or a permit's slot):
-/// per key, the token a quorum holds, or a quorum holding nothing; `Free`
-/// when every key is free, `Held` when every key is settled and some are
-/// held, `Unknown` when any key is neither.
-fn reading(seen: &Seen, keys: usize) -> Reading {
+/// The quorum's reading: the tokens held on a quorum of nodes (one per
+/// holder: a mutex's, each permit's, the writer's or each reader's);
+/// failing that, free when a quorum of nodes holds nothing at all, and
+/// unknown otherwise (too few answers, or contenders split the nodes).
+fn reading(seen: &Seen) -> Reading {
     let quorum = quorum::quorum(seen.len());
-    let mut held = Vec::new();
-    for k in 0..keys {
-        let values: Vec<Option<&str>> = seen
-            .iter()
-            .filter_map(|node| node.as_ref().ok())
-            .map(|entries| {
-                entries
-                    .get(k)
-                    .and_then(|e| e.as_ref())
-                    .map(|(t, _)| t.as_str())
-            })
-            .collect();
-        let free = values.iter().filter(|v| v.is_none()).count();
-        let holder = values
-            .iter()
-            .flatten()
-            .find(|token| values.iter().filter(|v| **v == Some(**token)).count() >= quorum);
-        match holder {
-            Some(token) => held.push((*token).to_string()),
-            None if free >= quorum => {}
-            None => return Reading::Unknown,
+    let answered: Vec<&Vec<(String, i64)>> = seen.iter().filter_map(|n| n.as_ref().ok()).collect();
+    let mut held: Vec<String> = Vec::new();
+    for entries in &answered {
+        for (token, _) in entries.iter() {
+            let count = answered
+                .iter()
+                .filter(|other| other.iter().any(|(t, _)| t == token))
+                .count();
+            if count >= quorum && !held.contains(token) {
+                held.push(token.clone());
+            }
         }
     }
-    if held.is_empty() {
+    if !held.is_empty() {
+        Reading::Held(held)
+    } else if answered.iter().filter(|entries| entries.is_empty()).count() >= quorum {
         Reading::Free
     } else {
-        Reading::Held(held)
+        Reading::Unknown
     }
 }
 
@@ -219,37 +211,27 @@ fn reading(seen: &Seen, keys: usize) -> Reading {
 mod tests {
     use super::*;
 
-    fn node(values: &[Option<&str>]) -> Result<Vec<Option<(String, i64)>>, FailureKind> {
-        Ok(values
-            .iter()
-            .map(|v| v.map(|t| (t.to_string(), 1000)))
-            .collect())
+    fn node(tokens: &[&str]) -> Result<Vec<(String, i64)>, FailureKind> {
+        Ok(tokens.iter().map(|t| (t.to_string(), 1000)).collect())
     }
 
     #[test]
-    fn a_quorum_decides_each_key() {
+    fn a_quorum_decides() {
         let down = Err(FailureKind::Unreachable);
         // A mutex held by "a" on two of three nodes.
-        let seen = vec![node(&[Some("a")]), node(&[Some("a")]), down.clone()];
-        assert_eq!(reading(&seen, 1), Reading::Held(vec!["a".into()]));
+        let seen = vec![node(&["a"]), node(&["a"]), down.clone()];
+        assert_eq!(reading(&seen), Reading::Held(vec!["a".into()]));
         // Free on two, held on one: free.
-        let seen = vec![node(&[None]), node(&[Some("a")]), node(&[None])];
-        assert_eq!(reading(&seen, 1), Reading::Free);
+        let seen = vec![node(&[]), node(&["a"]), node(&[])];
+        assert_eq!(reading(&seen), Reading::Free);
         // One free, one held, one down: nobody has a quorum.
-        let seen = vec![node(&[None]), node(&[Some("a")]), down.clone()];
-        assert_eq!(reading(&seen, 1), Reading::Unknown);
+        let seen = vec![node(&[]), node(&["a"]), down.clone()];
+        assert_eq!(reading(&seen), Reading::Unknown);
         // A split between two contenders.
-        let seen = vec![node(&[Some("a")]), node(&[Some("b")]), node(&[None])];
-        assert_eq!(reading(&seen, 1), Reading::Unknown);
-        // Two permits held, one free, of three.
-        let seen = vec![
-            node(&[Some("a"), None, Some("c")]),
-            node(&[Some("a"), None, Some("c")]),
-            node(&[None, None, None]),
-        ];
-        assert_eq!(
-            reading(&seen, 3),
-            Reading::Held(vec!["a".into(), "c".into()])
-        );
+        let seen = vec![node(&["a"]), node(&["b"]), node(&[])];
+        assert_eq!(reading(&seen), Reading::Unknown);
+        // Two permits (or readers) held, one only on one node.
+        let seen = vec![node(&["a", "c"]), node(&["a", "c", "d"]), node(&[])];
+        assert_eq!(reading(&seen), Reading::Held(vec!["a".into(), "c".into()]));
     }
 }

@@ -12,6 +12,7 @@ use redis::{Cmd, ErrorKind, FromRedisValue, RedisError, Script, ServerErrorKind,
 use crate::error::FailureKind;
 use crate::link::{Call, Link};
 use crate::quorum::Reply;
+use crate::rwlock::{Admission, Side};
 
 /// The Lua scripts, hashed once per manager and sent by EVALSHA (falling
 /// back to loading them after a node restart forgot them). Each takes every
@@ -24,6 +25,8 @@ pub(crate) struct Scripts {
     fence_commit: Script,
     inspect: Script,
     semaphore_register: Script,
+    rw_read: Script,
+    rw_write: Script,
 }
 
 impl Scripts {
@@ -43,6 +46,8 @@ impl Scripts {
             fence_commit: Script::new(include_str!("scripts/fence_commit.lua")),
             inspect: Script::new(include_str!("scripts/inspect.lua")),
             semaphore_register: Script::new(include_str!("scripts/semaphore_register.lua")),
+            rw_read: Script::new(include_str!("scripts/rw_read.lua")),
+            rw_write: Script::new(include_str!("scripts/rw_write.lua")),
         }
     }
 }
@@ -285,6 +290,55 @@ impl Node {
             out.push((kind, value, ttl.unwrap_or(-2)));
         }
         Ok(out)
+    }
+
+    /// A read or write lock's admission on this node (`rw_read.lua`,
+    /// `rw_write.lua`) for the lock key `key`: the vote, and the fence
+    /// counter it read (with fencing).
+    pub(crate) async fn admit(
+        &self,
+        scripts: &Scripts,
+        admission: &Admission,
+        key: &Arc<str>,
+        token: &str,
+        ttl_ms: u64,
+    ) -> (Reply, Option<u64>) {
+        let [name, writer, intent, readers] = &admission.keys;
+        let mut keys = vec![
+            name.clone(),
+            writer.clone(),
+            intent.clone(),
+            readers.clone(),
+        ];
+        let script = match admission.side {
+            Side::Read => {
+                keys.push(key.clone());
+                &scripts.rw_read
+            }
+            Side::Write => &scripts.rw_write,
+        };
+        keys.extend(admission.fence_key.clone());
+        let mut eval = evalsha(script, &keys, &[]);
+        eval.arg(token).arg(ttl_ms);
+        if admission.side == Side::Write {
+            eval.arg(admission.intent_ms).arg(&*admission.writer_id);
+        }
+        match self.run_script::<(i64, i64)>(&eval, script).await {
+            (Ok((1, fence)), retried) => (
+                if retried {
+                    Reply::YesRetried
+                } else {
+                    Reply::Yes
+                },
+                u64::try_from(fence).ok(),
+            ),
+            (Ok((0, _)), _) => (Reply::No, None),
+            (Ok((kind, _)), _) => {
+                admission.found(kind);
+                (Reply::No, None)
+            }
+            (Err(reply), _) => (reply, None),
+        }
     }
 
     /// Records or checks a semaphore's permit count (`semaphore_register.lua`):

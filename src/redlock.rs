@@ -16,6 +16,7 @@ use crate::fanout::Fanout;
 use crate::lock::{Guard, KeepAlive, Lock};
 use crate::node::{set_nx_px_cmd, Node, Scripts};
 use crate::quorum::{self, Decision, Patience, Reply, Standing, Tally};
+use crate::rwlock::{Admission, Side};
 use crate::stats;
 use crate::wake::{Wakeups, Watch, COURTESY};
 use crate::Error;
@@ -562,13 +563,26 @@ impl From<Error> for Failed {
 
 /// One attempt, in a tracing span.
 pub(crate) async fn attempt(inner: &Arc<Inner>, keys: Keys, plan: Plan) -> Result<Lock, Failed> {
+    attempt_as(inner, keys, plan, None).await
+}
+
+/// One attempt, admitted on each node by `admission` (a read or write lock's
+/// script) instead of `SET NX`, when given.
+pub(crate) async fn attempt_as(
+    inner: &Arc<Inner>,
+    keys: Keys,
+    plan: Plan,
+    admission: Option<Arc<Admission>>,
+) -> Result<Lock, Failed> {
     use tracing::Instrument;
     let span = tracing::debug_span!("quorumlock_attempt", key = &*keys[0], keys = keys.len());
     let result = if span.is_disabled() {
         // Nobody listens: no span to enter on every poll.
-        attempt_in_span(inner, keys, plan).await
+        attempt_in_span(inner, keys, plan, admission).await
     } else {
-        attempt_in_span(inner, keys, plan).instrument(span).await
+        attempt_in_span(inner, keys, plan, admission)
+            .instrument(span)
+            .await
     };
     stats::attempt(result.as_ref().map(drop).map_err(|f| &f.error));
     result
@@ -594,7 +608,12 @@ pub(crate) fn fence_key(key: &str) -> Arc<str> {
 pub(crate) const FENCE_PREFIX: &str = "quorumlock:fence:";
 
 /// One attempt: the whole of REDLOCK.md's "Acquire" section.
-async fn attempt_in_span(inner: &Arc<Inner>, keys: Keys, plan: Plan) -> Result<Lock, Failed> {
+async fn attempt_in_span(
+    inner: &Arc<Inner>,
+    keys: Keys,
+    plan: Plan,
+    admission: Option<Arc<Admission>>,
+) -> Result<Lock, Failed> {
     let ttl = plan.ttl;
     let start = Instant::now();
     let token = new_token();
@@ -608,22 +627,41 @@ async fn attempt_in_span(inner: &Arc<Inner>, keys: Keys, plan: Plan) -> Result<L
         armed: true,
     };
     // With fencing, each yes vote leaves its node's counter + 1 here.
-    let fence_keys: Option<Keys> = inner
-        .fencing
-        .then(|| keys.iter().map(|k| fence_key(k)).collect());
+    let fence_keys: Option<Keys> = match &admission {
+        None => inner
+            .fencing
+            .then(|| keys.iter().map(|k| fence_key(k)).collect()),
+        Some(admission) => admission.fence_key.clone().map(|k| Arc::from([k])),
+    };
     let counters: Option<Arc<[AtomicU64]>> = fence_keys
         .as_ref()
         .map(|_| (0..inner.nodes.len()).map(|_| AtomicU64::new(0)).collect());
     // A single key's SET, built once for every node.
-    let with_get: Option<Arc<redis::Cmd>> = match (&keys[..], &fence_keys) {
-        ([key], None) => Some(Arc::new(set_nx_px_cmd(key, &token, plan.ttl_ms, true))),
+    let with_get: Option<Arc<redis::Cmd>> = match (&keys[..], &fence_keys, &admission) {
+        ([key], None, None) => Some(Arc::new(set_nx_px_cmd(key, &token, plan.ttl_ms, true))),
         _ => None,
     };
     let mut calls = inner.fan_out(|inner, i| {
         let (keys, token, with_get) = (keys.clone(), token.clone(), with_get.clone());
         let (fence_keys, counters) = (fence_keys.clone(), counters.clone());
+        let admission = admission.clone();
         async move {
             let node = &inner.nodes[i];
+            if let Some(admission) = admission {
+                let (reply, counter) = node
+                    .admit(&inner.scripts, &admission, &keys[0], &token, plan.ttl_ms)
+                    .await;
+                if let (Some(counters), Some(c)) = (&counters, counter) {
+                    // A writer's fence is above every counter it read; a
+                    // reader's is the last writer's.
+                    let fence = match admission.side {
+                        Side::Write => c.saturating_add(1),
+                        Side::Read => c,
+                    };
+                    counters[i].store(fence, Ordering::SeqCst);
+                }
+                return (i, reply);
+            }
             let reply = match fence_keys.zip(counters) {
                 None => {
                     node.acquire(
@@ -660,7 +698,7 @@ async fn attempt_in_span(inner: &Arc<Inner>, keys: Keys, plan: Plan) -> Result<L
     // others give their nodes back, and the leader asks those nodes again.
     let mut standing = tally.standing(&token);
     let mut asked_again: Option<InFlight> = None;
-    if let ([key], None) = (&keys[..], &fence_keys) {
+    if let ([key], None, None) = (&keys[..], &fence_keys, &admission) {
         let mut rounds = 0;
         while standing == Standing::Lead
             && rounds < ASK_AGAIN_ROUNDS
@@ -701,7 +739,12 @@ async fn attempt_in_span(inner: &Arc<Inner>, keys: Keys, plan: Plan) -> Result<L
     }
     // The largest counter among the voters, plus one, made durable on a
     // quorum before the lock is handed out.
+    let reader = admission.as_ref().is_some_and(|a| a.side == Side::Read);
     let fence = match (&fence_keys, &counters, tally.decision()) {
+        (Some(_), Some(counters), Some(Decision::Won)) if reader => {
+            // Readers share: they only learn the last writer's fence.
+            Ok(counters.iter().map(|c| c.load(Ordering::SeqCst)).max())
+        }
         (Some(fence_keys), Some(counters), Some(Decision::Won)) => {
             let fence = counters
                 .iter()
@@ -754,7 +797,10 @@ async fn attempt_in_span(inner: &Arc<Inner>, keys: Keys, plan: Plan) -> Result<L
         }
         (Err(error), _, _) => error,
         (_, Some(Decision::Won), None) => Error::ValidityExhausted { elapsed, ttl },
-        _ => tally.error(),
+        _ => match admission.as_ref().and_then(|a| a.name_in_use()) {
+            Some(error) => error,
+            None => tally.error(),
+        },
     };
     // Released in the background: the caller can retry at once.
     Cleanup::discard(inner.clone(), keys, token, ttl)

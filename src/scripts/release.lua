@@ -19,6 +19,12 @@ for _, key in ipairs(KEYS) do
             if type(receivers) == "number" and receivers > 0 then
                 heard = 2
             end
+            -- A read-write lock's reader also tells the writers, who wait
+            -- on the set of readers (see `src/rwlock.rs`).
+            local readers = string.match(key, "^(.*):reader:[0-9a-f]+$")
+            if readers then
+                redis.pcall("PUBLISH", "quorumlock:released:" .. readers .. ":readers", "")
+            end
         end
     else
         all = 0

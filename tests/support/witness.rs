@@ -22,13 +22,16 @@ pub enum Style {
 }
 
 /// What the clients lock.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Kind {
     /// The mutex: no two windows of a resource may overlap.
     Mutex,
     /// A semaphore of this many permits per resource: no more windows may
     /// overlap at any instant.
     Semaphore(u32),
+    /// A read-write lock per resource, written by this share (0..=1) of
+    /// the holds: a write window may overlap no other window.
+    RwLock(f64),
 }
 
 /// What the clients do.
@@ -77,6 +80,8 @@ impl Load {
 #[derive(Debug, Default, Clone)]
 pub struct Report {
     pub acquisitions: usize,
+    /// Of those, read locks (for a read-write lock).
+    pub reads: usize,
     pub violations: usize,
     pub contended: usize,
     pub unavailable: usize,
@@ -120,6 +125,9 @@ impl std::fmt::Display for Report {
             self.latency_p99,
             self.max_latency
         )?;
+        if self.reads > 0 {
+            write!(f, ", {} of them reads", self.reads)?;
+        }
         if let Some(e) = &self.last_error {
             write!(f, ", last error: {e}")?;
         }
@@ -129,7 +137,11 @@ impl std::fmt::Display for Report {
 
 #[derive(Default)]
 struct Record {
-    windows: HashMap<String, Vec<(Instant, Instant)>>,
+    /// Per resource: `[acquired, until]` and whether it was exclusive (a
+    /// write; a mutex's and a permit's count as exclusive too).
+    windows: HashMap<String, Vec<(Instant, Instant, bool)>>,
+    /// Holds by readers.
+    reads: usize,
     latencies: Vec<Duration>,
     contended: usize,
     unavailable: usize,
@@ -188,15 +200,27 @@ async fn client(redlock: Redlock, load: Load, record: Arc<Mutex<Record>>, end: I
         .iter()
         .map(|r| (r.clone(), redlock.semaphore(r, capacity(load.kind))))
         .collect();
+    let rw_locks: HashMap<String, quorumlock::RwLock> = load
+        .resources
+        .iter()
+        .map(|r| (r.clone(), redlock.rw_lock(r)))
+        .collect();
     const HANG: Duration = Duration::from_secs(5);
     while Instant::now() < end {
         let resource = &load.resources[rand::random_range(0..load.resources.len())];
+        let write = match load.kind {
+            Kind::RwLock(share) => rand::random_bool(share.clamp(0.0, 1.0)),
+            _ => true,
+        };
+        let rw = &rw_locks[resource];
         let asked = Instant::now();
         let attempt = async {
             match load.style {
                 Style::TryLoop => Some(match load.kind {
                     Kind::Mutex => redlock.try_acquire(resource, load.ttl).await,
                     Kind::Semaphore(_) => semaphores[resource].try_acquire(load.ttl).await,
+                    Kind::RwLock(_) if write => rw.try_write(load.ttl).await,
+                    Kind::RwLock(_) => rw.try_read(load.ttl).await,
                 }),
                 // Cancelled (and so cleaned up) when the run ends.
                 Style::Acquire => {
@@ -206,6 +230,8 @@ async fn client(redlock: Redlock, load: Load, record: Arc<Mutex<Record>>, end: I
                         match load.kind {
                             Kind::Mutex => redlock.acquire(resource, load.ttl).await,
                             Kind::Semaphore(_) => semaphore.acquire(load.ttl).await,
+                            Kind::RwLock(_) if write => rw.write(load.ttl).await,
+                            Kind::RwLock(_) => rw.read(load.ttl).await,
                         }
                     };
                     tokio::time::timeout(left, acquire).await.ok()
@@ -225,10 +251,11 @@ async fn client(redlock: Redlock, load: Load, record: Arc<Mutex<Record>>, end: I
                 {
                     let mut r = record.lock().unwrap();
                     r.latencies.push(acquired - asked);
+                    r.reads += usize::from(!write);
                     r.windows
                         .entry(resource.clone())
                         .or_default()
-                        .push((acquired, until));
+                        .push((acquired, until, write));
                 }
                 if tokio::time::timeout(HANG, lock.release()).await.is_err() {
                     record.lock().unwrap().hung += 1;
@@ -266,7 +293,7 @@ async fn client(redlock: Redlock, load: Load, record: Arc<Mutex<Record>>, end: I
 /// How many windows of one resource may overlap.
 fn capacity(kind: Kind) -> u32 {
     match kind {
-        Kind::Mutex => 1,
+        Kind::Mutex | Kind::RwLock(_) => 1,
         Kind::Semaphore(permits) => permits,
     }
 }
@@ -282,6 +309,7 @@ fn judge(
         unavailable: record.unavailable,
         other_errors: record.other_errors,
         hung: record.hung,
+        reads: record.reads,
         last_error: record.last_error.take(),
         elapsed,
         ..Report::default()
@@ -322,34 +350,59 @@ pub fn overlaps(windows: &mut [(Instant, Instant)]) -> usize {
 
 /// Windows that start while `capacity` others are still open.
 pub fn overlaps_over(windows: &mut [(Instant, Instant)], capacity: u32) -> usize {
+    let mut all: Vec<(Instant, Instant, bool)> = windows.iter().map(|w| (w.0, w.1, true)).collect();
+    let start = all.iter().map(|w| w.0).min().unwrap_or_else(Instant::now);
+    scan(&mut all, capacity, start, start).0
+}
+
+/// Read-write windows `(from, until, write)` that break the rule: a
+/// write overlapping any other window.
+pub fn rw_overlaps(windows: &mut [(Instant, Instant, bool)]) -> usize {
     let start = windows
         .iter()
         .map(|w| w.0)
         .min()
         .unwrap_or_else(Instant::now);
-    scan(windows, capacity, start, start).0
+    scan(windows, 1, start, start).0
 }
 
 /// Sorts `windows` and returns (violations: windows that start while
 /// `capacity` others are still open, (longest stretch without a holder
 /// between `start` and `end`, when it began)).
+///
+/// Shared (read) windows may overlap each other, up to any number; an
+/// exclusive one may overlap no write, and no more than `capacity - 1`
+/// others (a mutex: none; a semaphore's permits: P - 1), nor any read.
 fn scan(
-    windows: &mut [(Instant, Instant)],
+    windows: &mut [(Instant, Instant, bool)],
     capacity: u32,
     start: Instant,
     end: Instant,
 ) -> (usize, (Duration, Instant)) {
-    windows.sort();
+    windows.sort_by_key(|w| (w.0, w.1));
     let (mut violations, mut gap) = (0, (Duration::ZERO, start));
     let mut covered_until = start;
-    // Ends of the windows still open, earliest first.
-    let mut open: std::collections::BinaryHeap<std::cmp::Reverse<Instant>> = Default::default();
-    for &(from, until) in windows.iter() {
-        while open.peek().is_some_and(|end| end.0 <= from) {
-            open.pop();
+    // Ends of the windows still open, earliest first, by kind.
+    let mut open_exclusive: std::collections::BinaryHeap<std::cmp::Reverse<Instant>> =
+        Default::default();
+    let mut open_shared: std::collections::BinaryHeap<std::cmp::Reverse<Instant>> =
+        Default::default();
+    for &(from, until, exclusive) in windows.iter() {
+        for open in [&mut open_exclusive, &mut open_shared] {
+            while open.peek().is_some_and(|end| end.0 <= from) {
+                open.pop();
+            }
         }
-        let full = open.len() >= capacity as usize;
-        open.push(std::cmp::Reverse(until));
+        let full = if exclusive {
+            open_exclusive.len() >= capacity as usize || !open_shared.is_empty()
+        } else {
+            !open_exclusive.is_empty()
+        };
+        if exclusive {
+            open_exclusive.push(std::cmp::Reverse(until));
+        } else {
+            open_shared.push(std::cmp::Reverse(until));
+        }
         if full {
             violations += 1;
             if std::env::var_os("WITNESS_DEBUG").is_some() {

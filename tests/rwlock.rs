@@ -1,0 +1,326 @@
+//! The quorum read-write lock: readers share, a writer excludes everyone,
+//! a waiting writer is not starved by readers, typed errors for names in
+//! use otherwise, and the witness under the fault suite's scenarios.
+
+mod support;
+
+use std::time::Duration;
+
+use quorumlock::{Error, InUse, Reading, Redlock, RetryPolicy};
+use support::proxy::Net;
+use support::unique;
+use support::witness::{self, Kind, Load, Report, Style};
+
+const TTL: Duration = Duration::from_secs(10);
+
+async fn manager(urls: &[String]) -> Redlock {
+    support::builder(urls)
+        .retry(RetryPolicy::none())
+        .build()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn readers_share_and_a_writer_excludes_everyone() {
+    let Some((urls, _cluster)) = support::nodes(3) else {
+        return;
+    };
+    let redlock = manager(&urls).await;
+    let config = redlock.rw_lock(&unique("config"));
+    let r1 = config.try_read(TTL).await.unwrap();
+    let r2 = config.try_read(TTL).await.unwrap();
+    assert_ne!(r1.key(), r2.key());
+    let e = config.try_write(TTL).await.unwrap_err();
+    assert!(e.is_contended(), "{e}");
+    let seen = config.inspect().await.unwrap();
+    let Reading::Held(mut readers) = seen.reading().clone() else {
+        panic!("{seen:?}");
+    };
+    readers.sort();
+    let mut expected = vec![r1.token().to_string(), r2.token().to_string()];
+    expected.sort();
+    assert_eq!(readers, expected);
+    r1.release().await.unwrap();
+    assert!(config.try_write(TTL).await.unwrap_err().is_contended());
+    r2.release().await.unwrap();
+
+    let w = config.try_write(TTL).await.unwrap();
+    assert!(config.try_read(TTL).await.unwrap_err().is_contended());
+    assert!(config.try_write(TTL).await.unwrap_err().is_contended());
+    assert_eq!(
+        config.inspect().await.unwrap().reading(),
+        &Reading::Held(vec![w.token().to_string()])
+    );
+    w.release().await.unwrap();
+    let r = config.try_read(TTL).await.unwrap();
+    r.release().await.unwrap();
+    assert_eq!(config.inspect().await.unwrap().reading(), &Reading::Free);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_writer_is_not_starved_by_a_stream_of_readers() {
+    let Some((urls, _cluster)) = support::nodes(3) else {
+        return;
+    };
+    let name = unique("starve");
+    // Readers overlap each other without a gap: without writer preference
+    // the writer would never find the lock free of readers.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut readers = Vec::new();
+    for _ in 0..4 {
+        let (urls, name, stop) = (urls.clone(), name.clone(), stop.clone());
+        readers.push(tokio::spawn(async move {
+            let redlock = support::builder(&urls)
+                .retry(
+                    RetryPolicy::new()
+                        .attempts(u32::MAX)
+                        .delay(Duration::from_millis(5)),
+                )
+                .build()
+                .await
+                .unwrap();
+            let lock = redlock.rw_lock(&name);
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                let r = lock.read(TTL).await.unwrap();
+                tokio::time::sleep(Duration::from_millis(40)).await;
+                r.release().await.unwrap();
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let writer = support::builder(&urls)
+        .retry(
+            RetryPolicy::new()
+                .attempts(u32::MAX)
+                .delay(Duration::from_millis(20)),
+        )
+        .build()
+        .await
+        .unwrap();
+    let asked = std::time::Instant::now();
+    let w = tokio::time::timeout(Duration::from_secs(3), writer.rw_lock(&name).write(TTL))
+        .await
+        .expect("the writer got in while readers kept coming")
+        .unwrap();
+    eprintln!(
+        "RWLOCK writer waited {:?} behind a stream of readers",
+        asked.elapsed()
+    );
+    w.release().await.unwrap();
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    for r in readers {
+        r.await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn fences_grow_with_writers_and_readers_see_the_last_one() {
+    let Some((urls, _cluster)) = support::nodes(3) else {
+        return;
+    };
+    let redlock = support::builder(&urls).fencing(true).build().await.unwrap();
+    let lock = redlock.rw_lock(&unique("fenced"));
+    let w1 = lock.try_write(TTL).await.unwrap();
+    let f1 = w1.fence().unwrap();
+    w1.release().await.unwrap();
+    let r = lock.try_read(TTL).await.unwrap();
+    assert_eq!(
+        r.fence(),
+        Some(f1),
+        "a reader reads the last writer's version"
+    );
+    r.release().await.unwrap();
+    let w2 = lock.try_write(TTL).await.unwrap();
+    assert!(w2.fence().unwrap() > f1);
+    w2.release().await.unwrap();
+}
+
+#[tokio::test]
+async fn names_in_use_otherwise_are_typed_errors() {
+    let Some((urls, _cluster)) = support::nodes(3) else {
+        return;
+    };
+    let redlock = manager(&urls).await;
+    let mutex = unique("mutex");
+    let held = redlock.try_acquire(&mutex, TTL).await.unwrap();
+    let e = redlock.rw_lock(&mutex).try_read(TTL).await.unwrap_err();
+    assert!(
+        matches!(
+            &e,
+            Error::NameInUse {
+                found: InUse::Mutex,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    let e = redlock.rw_lock(&mutex).try_write(TTL).await.unwrap_err();
+    assert!(
+        matches!(
+            &e,
+            Error::NameInUse {
+                found: InUse::Mutex,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    held.release().await.unwrap();
+
+    let sem = unique("sem");
+    redlock
+        .semaphore(&sem, 2)
+        .try_acquire(TTL)
+        .await
+        .unwrap()
+        .release()
+        .await
+        .unwrap();
+    let e = redlock.rw_lock(&sem).try_write(TTL).await.unwrap_err();
+    assert!(
+        matches!(
+            &e,
+            Error::NameInUse {
+                found: InUse::OtherKind,
+                ..
+            }
+        ),
+        "{e}"
+    );
+
+    let rw = unique("rw");
+    redlock
+        .rw_lock(&rw)
+        .try_read(TTL)
+        .await
+        .unwrap()
+        .release()
+        .await
+        .unwrap();
+    let e = redlock
+        .semaphore(&rw, 2)
+        .try_acquire(TTL)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            &e,
+            Error::NameInUse {
+                found: InUse::OtherKind,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    assert!(redlock
+        .try_acquire(&rw, TTL)
+        .await
+        .unwrap_err()
+        .is_refused());
+    assert!(matches!(
+        redlock.rw_lock("").try_read(TTL).await.unwrap_err(),
+        Error::InvalidInput(_)
+    ));
+}
+
+#[test]
+fn the_witness_judges_readers_and_writers() {
+    let t = std::time::Instant::now();
+    let ms = |n| t + Duration::from_millis(n);
+    let mut ok = [
+        (ms(0), ms(10), false),
+        (ms(2), ms(12), false),
+        (ms(12), ms(20), true),
+    ];
+    assert_eq!(witness::rw_overlaps(&mut ok), 0);
+    let mut bad = [
+        (ms(0), ms(10), false),
+        (ms(5), ms(6), true),
+        (ms(8), ms(20), true),
+    ];
+    assert_eq!(witness::rw_overlaps(&mut bad), 2);
+}
+
+/// 8 clients, a fifth of them writing, on `urls`.
+async fn rw_run(urls: &[String], name: &str, style: Style) -> Report {
+    let mut load = Load::new(&[unique(name)], Duration::from_millis(1500));
+    load.kind = Kind::RwLock(0.2);
+    load.style = style;
+    load.hold = Duration::from_millis(5);
+    witness::run(urls, &load).await
+}
+
+fn assert_safe(scenario: &str, report: &Report) {
+    eprintln!("RWLOCK {scenario}: {report}");
+    assert_eq!(
+        report.violations, 0,
+        "{scenario}: a writer overlapped another holder"
+    );
+    assert_eq!(report.hung, 0, "{scenario}: a call hung");
+    assert!(report.acquisitions > 30, "{scenario}: {report}");
+    assert!(
+        report.reads > 0 && report.reads < report.acquisitions,
+        "{scenario}: {report}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_writer_overlaps_anyone_under_faults() {
+    let _serial = support::serial().await;
+    let Some(mut cluster) = support::cluster(3) else {
+        return;
+    };
+    let urls = cluster.urls();
+    for style in [Style::TryLoop, Style::Acquire] {
+        let report = rw_run(&urls, "calm", style).await;
+        assert_safe(&format!("no fault, {style:?}"), &report);
+    }
+
+    let run = rw_run(&urls, "frozen", Style::TryLoop);
+    let fault = async {
+        for _ in 0..5 {
+            cluster.freeze(2);
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            cluster.thaw(2);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    let (report, ()) = tokio::join!(run, fault);
+    cluster.thaw(2);
+    assert_safe("frozen node", &report);
+
+    let run = rw_run(&urls, "restart", Style::Acquire);
+    let fault = async {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        cluster.kill(1);
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        cluster.restart(1);
+    };
+    let (report, ()) = tokio::join!(run, fault);
+    assert_safe("delayed restart", &report);
+
+    let mut load = Load::new(&[unique("paused")], Duration::from_millis(2000));
+    load.kind = Kind::RwLock(0.3);
+    load.ttl = Duration::from_millis(300);
+    load.paused_share = 0.2;
+    let report = witness::run(&urls, &load).await;
+    assert_safe("paused holders", &report);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_writer_overlaps_anyone_with_a_slow_or_blackholed_node() {
+    let _serial = support::serial().await;
+    let Some(net) = Net::start().await else {
+        return;
+    };
+    net.proxies[2].random_latency(Duration::from_millis(80));
+    let report = rw_run(&net.urls(), "slow", Style::TryLoop).await;
+    net.proxies[2].heal();
+    assert_safe("slow node", &report);
+
+    net.proxies[0].blackhole();
+    let report = rw_run(&net.urls(), "blackhole", Style::Acquire).await;
+    net.proxies[0].heal();
+    assert_safe("blackholed node", &report);
+}
