@@ -349,23 +349,7 @@ impl Redlock {
         F: FnOnce(Guard) -> Fut,
         Fut: Future<Output = T>,
     {
-        let mut lock = self.acquire(resource, ttl).await?;
-        lock.keep_alive(KeepAlive::default());
-        let work = work(lock.guard());
-        let done = tokio::select! {
-            biased;
-            () = lock.lost() => None,
-            out = work => Some(out),
-        };
-        match done {
-            Some(out) => {
-                // The work finished while the lock was held; a failed
-                // release only means the keys expire by themselves.
-                let _ = lock.release().await;
-                Ok(out)
-            }
-            None => Err(lock.loss()),
-        }
+        run_locked(self.acquire(resource, ttl).await?, work).await
     }
 
     /// Makes exactly one attempt to acquire `resource` for `ttl`.
@@ -406,6 +390,32 @@ async fn timed(call: impl Future<Output = Result<Lock, Error>>) -> Result<Lock, 
 /// Longest TTL accepted: 1,000 years, far inside what Redis can add to
 /// its clock, and what an `Instant` can hold.
 pub(crate) const MAX_TTL: Duration = Duration::from_secs(1_000 * 365 * 24 * 3600);
+
+/// The scoped form of every primitive: keeps `lock` alive while `work`
+/// runs on its guard, releases it afterwards, and drops the work with
+/// [`Error::Lost`] if the lock is lost first.
+pub(crate) async fn run_locked<F, Fut, T>(mut lock: Lock, work: F) -> Result<T, Error>
+where
+    F: FnOnce(Guard) -> Fut,
+    Fut: Future<Output = T>,
+{
+    lock.keep_alive(KeepAlive::default());
+    let work = work(lock.guard());
+    let done = tokio::select! {
+        biased;
+        () = lock.lost() => None,
+        out = work => Some(out),
+    };
+    match done {
+        Some(out) => {
+            // The work finished while the lock was held; a failed release
+            // only means the keys expire by themselves.
+            let _ = lock.release().await;
+            Ok(out)
+        }
+        None => Err(lock.loss()),
+    }
+}
 
 /// Validated figures for one TTL.
 #[derive(Clone, Copy)]

@@ -188,6 +188,32 @@ impl RwLock {
             .await
     }
 
+    /// Runs `work` under a read lock, as [`Redlock::with_lock`] does for a
+    /// mutex: kept alive while it runs, released afterwards, and
+    /// [`Error::Lost`] if lost first.
+    ///
+    /// # Errors
+    /// As [`read`](Self::read), or [`Error::Lost`].
+    pub async fn with_read<F, Fut, T>(&self, ttl: Duration, work: F) -> Result<T, Error>
+    where
+        F: FnOnce(crate::Guard) -> Fut,
+        Fut: std::future::Future<Output = T>,
+    {
+        crate::redlock::run_locked(self.read(ttl).await?, work).await
+    }
+
+    /// Runs `work` under the write lock (see [`with_read`](Self::with_read)).
+    ///
+    /// # Errors
+    /// As [`write`](Self::write), or [`Error::Lost`].
+    pub async fn with_write<F, Fut, T>(&self, ttl: Duration, work: F) -> Result<T, Error>
+    where
+        F: FnOnce(crate::Guard) -> Fut,
+        Fut: std::future::Future<Output = T>,
+    {
+        crate::redlock::run_locked(self.write(ttl).await?, work).await
+    }
+
     /// One attempt at a read lock, without waiting.
     ///
     /// # Errors

@@ -151,6 +151,21 @@ impl Semaphore {
             .await
     }
 
+    /// Runs `work` while holding a permit, as
+    /// [`Redlock::with_lock`] does for a mutex: acquired by
+    /// [`acquire`](Self::acquire), kept alive, released afterwards, and
+    /// [`Error::Lost`] if the permit is lost while `work` runs.
+    ///
+    /// # Errors
+    /// As [`acquire`](Self::acquire), or [`Error::Lost`].
+    pub async fn with_permit<F, Fut, T>(&self, ttl: Duration, work: F) -> Result<T, Error>
+    where
+        F: FnOnce(crate::Guard) -> Fut,
+        Fut: std::future::Future<Output = T>,
+    {
+        crate::redlock::run_locked(self.acquire(ttl).await?, work).await
+    }
+
     /// One try at every permit, without waiting: `Contended` when all are
     /// held.
     ///

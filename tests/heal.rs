@@ -267,7 +267,7 @@ async fn the_minimal_acl_rule_runs_every_operation_with_and_without_wakeups() {
     };
     for wakeups in [true, false] {
         // The README's rule, as written there.
-        let rule = support::readme_acl(wakeups, false, "pw");
+        let rule = support::readme_acl(wakeups, &[], "pw");
         let rule: Vec<&str> = rule.iter().map(String::as_str).collect();
         for url in cluster.urls() {
             support::admin(&url, &["ACL", "DELUSER", "locker"]).await;

@@ -119,7 +119,7 @@ async fn the_readme_cluster_set_up_runs() {
             .collect();
         started.into_iter().map(|t| t.join().unwrap()).collect()
     });
-    let rule = support::readme_acl(true, true, "pw");
+    let rule = support::readme_acl(true, &[support::ACL_CLUSTER], "pw");
     let rule: Vec<&str> = rule.iter().map(String::as_str).collect();
     let mut builder = Redlock::builder();
     for cluster in &clusters {

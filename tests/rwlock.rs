@@ -324,3 +324,50 @@ async fn no_writer_overlaps_anyone_with_a_slow_or_blackholed_node() {
     net.proxies[0].heal();
     assert_safe("blackholed node", &report);
 }
+
+/// The scoped forms, run by a user with only the README's ACL rule and
+/// its additions for these primitives.
+#[tokio::test]
+async fn scoped_forms_under_the_readme_acl() {
+    let Some(cluster) = support::cluster(3) else {
+        return;
+    };
+    let rule = support::readme_acl(true, &[support::ACL_PRIMITIVES], "pw");
+    let rule: Vec<&str> = rule.iter().map(String::as_str).collect();
+    for url in cluster.urls() {
+        support::admin(&url, &rule).await;
+    }
+    let urls: Vec<String> = (0..3)
+        .map(|i| format!("redis://locker:pw@127.0.0.1:{}", cluster.port(i)))
+        .collect();
+    let redlock = support::builder(&urls)
+        .key_prefix("app:")
+        .fencing(true)
+        .build()
+        .await
+        .unwrap();
+    let jobs = redlock.semaphore(&unique("jobs"), 2);
+    let done = jobs
+        .with_permit(TTL, |guard| async move { guard.is_held() })
+        .await
+        .unwrap();
+    assert!(done);
+    assert_eq!(jobs.inspect().await.unwrap().reading(), &Reading::Free);
+
+    let config = redlock.rw_lock(&unique("config"));
+    let version = config
+        .with_write(TTL, |guard| async move { guard.fence().unwrap() })
+        .await
+        .unwrap();
+    let seen = config
+        .with_read(TTL, |guard| async move { guard.fence().unwrap() })
+        .await
+        .unwrap();
+    assert_eq!(seen, version, "the reader sees the last writer's fence");
+    assert_eq!(config.inspect().await.unwrap().reading(), &Reading::Free);
+    let resource = unique("plain");
+    assert_eq!(
+        redlock.inspect(&resource).await.unwrap().reading(),
+        &Reading::Free
+    );
+}

@@ -543,10 +543,15 @@ pub fn readme_snippet(name: &str) -> String {
     panic!("snippet {name} is not closed");
 }
 
+/// The README's ACL additions for Redis Cluster members.
+pub const ACL_CLUSTER: &str = "# on the members of a Redis Cluster";
+/// The README's ACL additions for semaphores, read-write locks, inspect.
+pub const ACL_PRIMITIVES: &str = "# for semaphores, read-write locks";
+
 /// `ACL SETUSER` arguments of the README's rule for quorumlock: with
-/// wake-ups or without, with the cluster additions or not; `PASSWORD`
-/// becomes `password`.
-pub fn readme_acl(wakeups: bool, cluster: bool, password: &str) -> Vec<String> {
+/// wake-ups or without, plus the additions under each heading of `extras`;
+/// `PASSWORD` becomes `password`.
+pub fn readme_acl(wakeups: bool, extras: &[&str], password: &str) -> Vec<String> {
     let snippet = readme_snippet("acl");
     let mut lines = snippet.lines();
     let heading = if wakeups {
@@ -563,13 +568,13 @@ pub fn readme_acl(wakeups: bool, cluster: bool, password: &str) -> Vec<String> {
         .split_whitespace()
         .map(|a| a.replace(">PASSWORD", &format!(">{password}")))
         .collect();
-    if cluster {
-        let extra = snippet
+    for extra in extras {
+        let line = snippet
             .lines()
-            .skip_while(|l| !l.starts_with("# on the members of a Redis Cluster"))
+            .skip_while(|l| !l.starts_with(extra))
             .nth(1)
-            .expect("the cluster additions");
-        args.extend(extra.split_whitespace().map(String::from));
+            .unwrap_or_else(|| panic!("the README's ACL additions under {extra}"));
+        args.extend(line.split_whitespace().map(String::from));
     }
     args
 }
