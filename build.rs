@@ -13,6 +13,10 @@ const GUIDES: &[(&str, &str)] = &[
     ),
     ("## Fencing tokens", "fencing"),
     ("## Several resources at once", "several_resources"),
+    (
+        "## Beyond the mutex: semaphores, read-write locks, inspect",
+        "primitives",
+    ),
     ("## Visibility", "visibility"),
     ("## Guarantees and their limits", "guarantees"),
     ("## Operations", "operations"),

@@ -14,6 +14,9 @@ pub mod fencing {}
 #[doc = include_str!(concat!(env!("OUT_DIR"), "/several_resources.md"))]
 pub mod several_resources {}
 
+#[doc = include_str!(concat!(env!("OUT_DIR"), "/primitives.md"))]
+pub mod primitives {}
+
 #[doc = include_str!(concat!(env!("OUT_DIR"), "/visibility.md"))]
 pub mod visibility {}
 

@@ -50,6 +50,7 @@
 //! [`guide`] has the long form: a [tour](guide::tour) of the API, settings
 //! and errors; [keep-alive, `lost` and `with_lock`](guide::keep_alive);
 //! [fencing](guide::fencing); [several resources](guide::several_resources);
+//! [semaphores, read-write locks and inspect](guide::primitives);
 //! [visibility](guide::visibility); the [guarantees](guide::guarantees) and
 //! [operations](guide::operations).
 #![deny(missing_docs)]
