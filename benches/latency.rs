@@ -302,6 +302,108 @@ async fn library_round(lib: &Redlock, run: Duration) -> usize {
     count.load(Ordering::Relaxed)
 }
 
+/// Scenario 6: the other primitives against the mutex and the floor.
+/// Uncontended acquire + release of a mutex and of a permit (4 permits),
+/// interleaved per iteration, p50 µs; then 64 tasks for `run` each, in
+/// interleaved rounds: the floor on distinct keys, permits of one
+/// semaphore of 64, and read locks of one read-write lock. Returns
+/// ((floor, mutex, permit) p50s, (floor, permits, reads) cycles/s).
+async fn primitives(
+    urls: &[String],
+    iterations: usize,
+    run: Duration,
+    rounds: u32,
+) -> ((f64, f64, f64), (f64, f64, f64)) {
+    let raw = Raw::connect(urls).await;
+    let lib = library(urls, RetryPolicy::none()).await;
+    let semaphore = lib.semaphore(&format!("bench:sem:{}", token()), 4);
+    let (mut f, mut m, mut p) = (vec![], vec![], vec![]);
+    for i in 0..iterations {
+        let key = format!("bench:p:{i}");
+        let t = token();
+        let s = Instant::now();
+        assert!(raw.acquire(&key, &t).await);
+        raw.release(&key, &t).await;
+        f.push(s.elapsed());
+        let s = Instant::now();
+        lib.try_acquire(&key, TTL)
+            .await
+            .unwrap()
+            .release()
+            .await
+            .unwrap();
+        m.push(s.elapsed());
+        let s = Instant::now();
+        semaphore
+            .try_acquire(TTL)
+            .await
+            .unwrap()
+            .release()
+            .await
+            .unwrap();
+        p.push(s.elapsed());
+    }
+    let latency = (p50_p99(f).0, p50_p99(m).0, p50_p99(p).0);
+
+    let waiting = library(urls, RetryPolicy::new().attempts(u32::MAX)).await;
+    let permits = waiting.semaphore(&format!("bench:sem64:{}", token()), 64);
+    let rw = waiting.rw_lock(&format!("bench:rw:{}", token()));
+    let (mut floor, mut sem, mut reads) = (0, 0, 0);
+    for _ in 0..rounds {
+        floor += floor_round(&raw, run).await;
+        let p = permits.clone();
+        sem += tasks_round(run, move || {
+            let p = p.clone();
+            async move {
+                match p.acquire(TTL).await {
+                    Ok(lock) => lock.release().await.is_ok(),
+                    Err(_) => false,
+                }
+            }
+        })
+        .await;
+        let r = rw.clone();
+        reads += tasks_round(run, move || {
+            let r = r.clone();
+            async move {
+                match r.read(TTL).await {
+                    Ok(lock) => lock.release().await.is_ok(),
+                    Err(_) => false,
+                }
+            }
+        })
+        .await;
+    }
+    let secs = run.as_secs_f64() * f64::from(rounds);
+    let throughput = (floor as f64 / secs, sem as f64 / secs, reads as f64 / secs);
+    (latency, throughput)
+}
+
+/// 64 tasks run `cycle` until `run` has passed; counts the cycles that
+/// acquired and released.
+async fn tasks_round<F, Fut>(run: Duration, cycle: F) -> usize
+where
+    F: Fn() -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = bool> + Send,
+{
+    let count = Arc::new(AtomicUsize::new(0));
+    let end = Instant::now() + run;
+    let tasks: Vec<_> = (0..64)
+        .map(|_| {
+            let (count, cycle) = (count.clone(), cycle.clone());
+            tokio::spawn(async move {
+                while Instant::now() < end {
+                    if cycle().await {
+                        count.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            })
+        })
+        .collect();
+    join_all(tasks).await;
+    count.load(Ordering::Relaxed)
+}
+
 /// Figures of one contended run.
 struct Contended {
     /// Acquisitions per second, all tasks together.
@@ -473,7 +575,8 @@ async fn main() {
     // `cargo bench` passes `--bench`; anything else is ignored.
     let quick = std::env::var_os("BENCH_QUICK").is_some();
     // BENCH_ONLY=floor|library|both runs scenario 2 alone (for profiling);
-    // BENCH_ONLY=contended runs scenario 3 alone.
+    // BENCH_ONLY=contended runs scenario 3 alone, BENCH_ONLY=primitives
+    // scenario 6.
     let only = std::env::var("BENCH_ONLY").ok();
     let iterations = if quick { 50 } else { 3000 };
     let run = if quick {
@@ -518,6 +621,18 @@ async fn main() {
         );
         if n != 3 {
             continue;
+        }
+        if only.as_deref() == Some("primitives") {
+            let ((f, m, p), (tf, ts, tr)) = primitives(&urls, 300, run, 1).await;
+            println!(
+                "acquire+release p50: floor {f:.0} µs, mutex {m:.0} µs ({:.2}x), permit {p:.0} µs ({:.2}x); \
+                 64 tasks: floor {tf:.0}/s, permits {ts:.0}/s ({:.2}x), reads {tr:.0}/s ({:.2}x)",
+                m / f,
+                p / f,
+                ts / tf,
+                tr / tf
+            );
+            return;
         }
         if only.as_deref() == Some("contended") {
             let (f, l) = contended(&urls, run).await;
@@ -575,6 +690,37 @@ async fn main() {
             format!("{:.2}", f.fairness),
             format!("{:.2}", l.fairness),
             format!("{:.2}x", l.fairness / f.fairness),
+        );
+        let ((pf, pm, pp), (tf, ts, tr)) = primitives(
+            &urls,
+            if quick { 50 } else { 1000 },
+            run,
+            if quick { 1 } else { 2 },
+        )
+        .await;
+        table.row(
+            "N=3 (6) mutex acquire+release p50 (same run as the permit)",
+            us(pf),
+            us(pm),
+            format!("{:.2}x", pm / pf),
+        );
+        table.row(
+            "N=3 (6) permit of 4 acquire+release p50",
+            us(pf),
+            us(pp),
+            format!("{:.2}x", pp / pf),
+        );
+        table.row(
+            "N=3 (6) 64 tasks, permits of one semaphore of 64, cycles/s",
+            format!("{tf:.0}/s"),
+            format!("{ts:.0}/s"),
+            format!("{:.2}x", ts / tf),
+        );
+        table.row(
+            "N=3 (6) 64 readers of one read-write lock, cycles/s",
+            format!("{tf:.0}/s"),
+            format!("{tr:.0}/s"),
+            format!("{:.2}x", tr / tf),
         );
         let base = la;
 
