@@ -242,23 +242,28 @@ fn the_witness_judges_readers_and_writers() {
     assert_eq!(witness::rw_overlaps(&mut bad), 2);
 }
 
-/// 8 clients, a fifth of them writing, on `urls`.
+/// 8 clients, writing in 30% of their holds, on `urls`.
 async fn rw_run(urls: &[String], name: &str, style: Style) -> Report {
     let mut load = Load::new(&[unique(name)], Duration::from_millis(1500));
-    load.kind = Kind::RwLock(0.2);
+    load.kind = Kind::RwLock(0.3);
     load.style = style;
     load.hold = Duration::from_millis(5);
     witness::run(urls, &load).await
 }
 
 fn assert_safe(scenario: &str, report: &Report) {
+    assert_safe_with(scenario, report, 30);
+}
+
+/// As `assert_safe`, with at least `min` holders in the run.
+fn assert_safe_with(scenario: &str, report: &Report, min: usize) {
     eprintln!("RWLOCK {scenario}: {report}");
     assert_eq!(
         report.violations, 0,
         "{scenario}: a writer overlapped another holder"
     );
     assert_eq!(report.hung, 0, "{scenario}: a call hung");
-    assert!(report.acquisitions > 30, "{scenario}: {report}");
+    assert!(report.acquisitions > min, "{scenario}: {report}");
     assert!(
         report.reads > 0 && report.reads < report.acquisitions,
         "{scenario}: {report}"
@@ -300,12 +305,16 @@ async fn no_writer_overlaps_anyone_under_faults() {
     let (report, ()) = tokio::join!(run, fault);
     assert_safe("delayed restart", &report);
 
+    // Waiting writers (`write`): a try-loop writer rarely finds a moment
+    // free of readers that stall for a whole TTL.
     let mut load = Load::new(&[unique("paused")], Duration::from_millis(2000));
     load.kind = Kind::RwLock(0.3);
+    load.style = Style::Acquire;
     load.ttl = Duration::from_millis(300);
     load.paused_share = 0.2;
     let report = witness::run(&urls, &load).await;
-    assert_safe("paused holders", &report);
+    // Holders stall for a whole TTL here, and writers take turns with them.
+    assert_safe_with("paused holders", &report, 10);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
