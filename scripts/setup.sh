@@ -19,6 +19,9 @@ else
     command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
     command -v redis-cli >/dev/null 2>&1 || missing+=(redis-tools)
     command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+    # The CLI's tests run small Python children (a monotonic clock shared
+    # across processes).
+    command -v python3 >/dev/null 2>&1 || missing+=(python3)
     command -v pkg-config >/dev/null 2>&1 || missing+=(pkg-config)
     if command -v dpkg >/dev/null 2>&1 && ! dpkg -s libssl-dev >/dev/null 2>&1; then
         missing+=(libssl-dev)

@@ -472,6 +472,7 @@ impl Builder {
             drift_floor: self.drift_floor,
             key_prefix: self.key_prefix,
             fencing: self.fencing,
+            background: Arc::default(),
             wakeups: Arc::new(Wakeups::new(
                 announcers,
                 self.connect_timeout,

@@ -35,6 +35,8 @@ pub(crate) struct Inner {
     pub(crate) key_prefix: String,
     pub(crate) fencing: bool,
     pub(crate) wakeups: Arc<Wakeups>,
+    /// Releases and clean-ups still running (see [`Redlock::settle`]).
+    pub(crate) background: Arc<crate::cleanup::Background>,
 }
 
 /// A lock manager over N independent Redis nodes. Cheap to clone; clones
@@ -350,6 +352,27 @@ impl Redlock {
         Fut: Future<Output = T>,
     {
         run_locked(self.acquire(resource, ttl).await?, work).await
+    }
+
+    /// Waits until the releases and clean-ups this manager runs in the
+    /// background have finished (a dropped lock, a cancelled `acquire`, a
+    /// reply that came late), at most `limit`; `true` when none is left.
+    /// Call it before the process exits, so that nothing it held has to
+    /// wait for its TTL on a node (a key still unreachable then expires
+    /// with its TTL all the same).
+    ///
+    /// ```no_run
+    /// # async fn demo(redlock: quorumlock::Redlock) -> Result<(), quorumlock::Error> {
+    /// use std::time::Duration;
+    /// let lock = redlock.acquire("job", Duration::from_secs(30)).await?;
+    /// drop(lock); // released in the background
+    /// redlock.settle(Duration::from_secs(1)).await;
+    /// # Ok(()) }
+    /// ```
+    pub async fn settle(&self, limit: Duration) -> bool {
+        tokio::time::timeout(limit, self.inner.background.settled())
+            .await
+            .is_ok()
     }
 
     /// Makes exactly one attempt to acquire `resource` for `ttl`.

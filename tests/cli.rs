@@ -1,0 +1,301 @@
+//! The `quorumlock` command (feature `cli`), run as a user would: real
+//! processes on real nodes. Children are small Python programs, for a
+//! monotonic clock shared across processes (`time.monotonic_ns`).
+#![cfg(feature = "cli")]
+
+mod support;
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use support::unique;
+
+const BIN: &str = env!("CARGO_BIN_EXE_quorumlock");
+
+fn quorumlock(urls: &[String]) -> Command {
+    let mut command = Command::new(BIN);
+    command.env("QUORUMLOCK_NODES", urls.join(","));
+    command
+}
+
+/// A Python child program as `python3 -c` arguments.
+fn python(code: &str) -> [String; 3] {
+    ["python3".into(), "-c".into(), code.into()]
+}
+
+fn scratch(name: &str) -> PathBuf {
+    std::env::temp_dir().join(unique(name))
+}
+
+/// Waits until `path` has a line starting with `prefix`; returns it.
+fn line_in(path: &PathBuf, prefix: &str, limit: Duration) -> String {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Ok(text) = std::fs::read_to_string(path) {
+            if let Some(line) = text.lines().find(|l| l.starts_with(prefix)) {
+                return line.to_string();
+            }
+        }
+        assert!(Instant::now() < deadline, "no `{prefix}` line in {path:?}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Waits for `child` at most `limit`; its exit code.
+fn exit_within(child: &mut std::process::Child, limit: Duration) -> i32 {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status.code().unwrap_or(-1);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("quorumlock did not exit within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+fn monotonic_ns(line: &str) -> u128 {
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+#[test]
+fn eight_runs_on_one_name_never_overlap_and_all_run() {
+    let Some((urls, _cluster)) = support::nodes(3) else {
+        return;
+    };
+    let name = unique("cron");
+    let log = scratch("cli-log");
+    let code = format!(
+        "import os, time\n\
+         f = open({log:?}, 'a', buffering=1)\n\
+         f.write('start %d %d\\n' % (time.monotonic_ns(), os.getpid()))\n\
+         time.sleep(0.05)\n\
+         f.write('end %d %d\\n' % (time.monotonic_ns(), os.getpid()))\n"
+    );
+    let mut runs: Vec<_> = (0..8)
+        .map(|_| {
+            quorumlock(&urls)
+                .args(["run", "--ttl", "5s", &name, "--"])
+                .args(python(&code))
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for run in &mut runs {
+        assert_eq!(exit_within(run, Duration::from_secs(30)), 0);
+    }
+    let text = std::fs::read_to_string(&log).unwrap();
+    let _ = std::fs::remove_file(&log);
+    let mut sections: Vec<(u128, u128)> = Vec::new();
+    let lines: Vec<&str> = text.lines().collect();
+    for start in lines.iter().filter(|l| l.starts_with("start")) {
+        let pid = start.split_whitespace().nth(2).unwrap();
+        let end = lines
+            .iter()
+            .find(|l| l.starts_with("end") && l.ends_with(&format!(" {pid}")))
+            .expect("every section ends");
+        sections.push((monotonic_ns(start), monotonic_ns(end)));
+    }
+    assert_eq!(sections.len(), 8, "every run ran: {text}");
+    sections.sort();
+    for pair in sections.windows(2) {
+        assert!(pair[0].1 <= pair[1].0, "two sections overlap: {text}");
+    }
+}
+
+#[test]
+fn a_lost_lock_stops_the_command_before_its_deadline() {
+    let Some(cluster) = support::cluster(3) else {
+        return;
+    };
+    let urls = cluster.urls();
+    let out = scratch("cli-lost");
+    let ttl = Duration::from_secs(2);
+    let code = format!(
+        "import signal, sys, time\n\
+         f = open({out:?}, 'a', buffering=1)\n\
+         def term(*_):\n    f.write('term %d\\n' % time.monotonic_ns()); sys.exit(0)\n\
+         signal.signal(signal.SIGTERM, term)\n\
+         f.write('started %d\\n' % time.monotonic_ns())\n\
+         time.sleep(60)\n"
+    );
+    let mut run = quorumlock(&urls)
+        .args([
+            "run",
+            "--ttl",
+            "2s",
+            "--kill-grace",
+            "5s",
+            &unique("long"),
+            "--",
+        ])
+        .args(python(&code))
+        .spawn()
+        .unwrap();
+    line_in(&out, "started", Duration::from_secs(10));
+    // Two of three nodes frozen: no extension can win a quorum any more.
+    let frozen_at = now_ns();
+    cluster.freeze(0);
+    cluster.freeze(1);
+    let code = exit_within(&mut run, Duration::from_secs(10));
+    cluster.thaw(0);
+    cluster.thaw(1);
+    assert_eq!(code, 76, "the lost-lock exit status");
+    let term = monotonic_ns(&line_in(&out, "term", Duration::from_secs(1)));
+    let _ = std::fs::remove_file(&out);
+    // The lock's deadline is at most one TTL after the last extension,
+    // which came before the freeze.
+    assert!(
+        term < frozen_at + ttl.as_nanos(),
+        "SIGTERM came {} ms after the freeze, past any deadline",
+        (term - frozen_at) / 1_000_000
+    );
+}
+
+/// `time.monotonic_ns()` as Python sees it (CLOCK_MONOTONIC).
+fn now_ns() -> u128 {
+    let out = Command::new("python3")
+        .args(["-c", "import time; print(time.monotonic_ns())"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_while_waiting_exits_at_once_and_leaves_nothing() {
+    let Some((urls, _cluster)) = support::nodes(3) else {
+        return;
+    };
+    let name = unique("waiting");
+    let holder = support::manager(&urls).await;
+    let lock = holder
+        .try_acquire(&name, Duration::from_secs(30))
+        .await
+        .unwrap();
+    let mut run = quorumlock(&urls)
+        .args(["run", &name, "--", "true"])
+        .spawn()
+        .unwrap();
+    // It waits for the release: subscribed to its announcement.
+    let channel = format!("quorumlock:released:{name}");
+    support::eventually(Duration::from_secs(5), "the run waits", || {
+        let (url, channel) = (urls[0].clone(), channel.clone());
+        async move { support::subscribers(&url, &channel).await > 0 }
+    })
+    .await;
+    let pid = run.id().to_string();
+    let sent = Instant::now();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let code = exit_within(&mut run, Duration::from_secs(1));
+    assert_eq!(code, 143, "stopped waiting at once ({:?})", sent.elapsed());
+    lock.release().await.unwrap();
+    support::no_key_anywhere(&urls, &name, Duration::from_secs(1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exit_statuses_say_what_happened() {
+    let Some((urls, _cluster)) = support::nodes(3) else {
+        return;
+    };
+    let name = unique("codes");
+    // The command's own status.
+    let status = quorumlock(&urls)
+        .args(["run", &name, "--", "sh", "-c", "exit 3"])
+        .status()
+        .unwrap();
+    assert_eq!(status.code(), Some(3));
+
+    let holder = support::manager(&urls).await;
+    let lock = holder
+        .try_acquire(&name, Duration::from_secs(30))
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let status = quorumlock(&urls)
+        .args(["run", "--no-wait", &name, "--", "true"])
+        .status()
+        .unwrap();
+    assert_eq!(status.code(), Some(75), "held elsewhere, not waiting");
+    assert!(started.elapsed() < Duration::from_secs(1));
+    let started = Instant::now();
+    let status = quorumlock(&urls)
+        .args(["run", "--wait", "200ms", &name, "--", "true"])
+        .status()
+        .unwrap();
+    let waited = started.elapsed();
+    assert_eq!(status.code(), Some(75), "gave up waiting");
+    assert!(
+        waited >= Duration::from_millis(100) && waited < Duration::from_secs(1),
+        "{waited:?}"
+    );
+    lock.release().await.unwrap();
+
+    // Bad usage: one line on stderr and the usage status.
+    for args in [
+        vec!["run", "--nodes", "not a url", &name, "--", "true"],
+        vec!["run", "--ttl", "5q", &name, "--", "true"],
+        vec!["run", &name],
+    ] {
+        let out = Command::new(BIN)
+            .args(&args)
+            .env_remove("QUORUMLOCK_NODES")
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(64), "{args:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(stderr.trim_end().lines().count(), 1, "{args:?}: {stderr}");
+        assert!(out.stdout.is_empty(), "{args:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_reaches_the_command_and_the_lock_is_free_after() {
+    let Some((urls, _cluster)) = support::nodes(3) else {
+        return;
+    };
+    let name = unique("forward");
+    let out = scratch("cli-forward");
+    let code = format!(
+        "import signal, sys, time\n\
+         f = open({out:?}, 'a', buffering=1)\n\
+         def term(*_):\n    f.write('term\\n'); sys.exit(7)\n\
+         signal.signal(signal.SIGTERM, term)\n\
+         f.write('started\\n')\n\
+         time.sleep(60)\n"
+    );
+    let mut run = quorumlock(&urls)
+        .args(["run", &name, "--"])
+        .args(python(&code))
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    line_in(&out, "started", Duration::from_secs(10));
+    let pid = run.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    assert_eq!(
+        exit_within(&mut run, Duration::from_secs(5)),
+        7,
+        "the command's own status"
+    );
+    line_in(&out, "term", Duration::from_secs(1));
+    let _ = std::fs::remove_file(&out);
+    support::no_key_anywhere(&urls, &name, Duration::from_secs(1)).await;
+    let status = Command::new(BIN)
+        .env("QUORUMLOCK_NODES", urls.join(","))
+        .args(["status", "--json", &name])
+        .output()
+        .unwrap();
+    let json = String::from_utf8_lossy(&status.stdout);
+    assert!(json.contains("\"reading\":\"free\""), "{json}");
+}
