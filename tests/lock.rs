@@ -567,3 +567,25 @@ async fn a_waiter_is_woken_by_the_release_not_by_its_retry_delay() {
     );
     lock.release().await.unwrap();
 }
+
+/// A dropped lock is released in the background; `settle` returns once
+/// that is done, so a process can exit with nothing of its left behind.
+#[tokio::test]
+async fn settle_waits_for_background_releases() {
+    let Some((urls, _cluster)) = support::nodes(3) else {
+        return;
+    };
+    let redlock = support::manager(&urls).await;
+    let resource = unique("settle");
+    let lock = redlock
+        .try_acquire(&resource, Duration::from_secs(30))
+        .await
+        .unwrap();
+    drop(lock);
+    assert!(redlock.settle(Duration::from_secs(2)).await);
+    for url in &urls {
+        assert_eq!(support::value(url, &resource).await, None, "{url}");
+    }
+    // Nothing running: at once.
+    assert!(redlock.settle(Duration::ZERO).await);
+}
