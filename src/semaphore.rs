@@ -225,12 +225,20 @@ impl Semaphore {
             let keys = slots[(first + i) % slots.len()].clone();
             match attempt(inner, keys, plan).await {
                 Ok(lock) => return Ok(lock),
-                Err(failed) if failed.error.is_contended() => {
+                // Held by someone: the next permit may be free. With a node
+                // down, a held slot can read as `Unavailable` (one refusal
+                // and one silent node leave no quorum): still move on.
+                Err(failed)
+                    if failed.error.is_contended()
+                        || (failed.seen_held && failed.error.is_retryable()) =>
+                {
                     seen_held |= failed.seen_held;
                     if failed.contest != Standing::None {
                         contest = failed.contest;
                     }
-                    last = Some(failed.error);
+                    if last.as_ref().is_none_or(|e: &Error| !e.is_contended()) {
+                        last = Some(failed.error);
+                    }
                 }
                 Err(failed) => return Err(failed),
             }

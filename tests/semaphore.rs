@@ -337,3 +337,24 @@ async fn never_more_than_p_holders_with_a_slow_or_blackholed_node() {
     net.proxies[0].heal();
     assert_safe("blackholed node", &report);
 }
+
+/// With a node down, a held permit slot reads as `Unavailable` (one
+/// refusal, one silent node): the try must still move on to a free slot.
+#[tokio::test]
+async fn with_a_node_down_a_held_permit_does_not_hide_a_free_one() {
+    let Some(mut cluster) = support::cluster(3) else {
+        return;
+    };
+    let urls = cluster.urls();
+    let redlock = manager(&urls).await;
+    let permits = redlock.semaphore(&unique("degraded"), 2);
+    let held = permits.try_acquire(TTL).await.unwrap();
+    cluster.kill(2);
+    // Each try starts at a random slot: half of them at the held one.
+    for _ in 0..12 {
+        let other = permits.try_acquire(TTL).await.unwrap();
+        assert_ne!(other.key(), held.key());
+        other.release().await.unwrap();
+    }
+    held.release().await.unwrap();
+}

@@ -42,6 +42,8 @@ impl RedisCluster {
                 value.trim().to_string()
             });
         }
+        // Replicas write what they sync to disk: into our directory.
+        args.extend(["--dir".to_string(), dir.display().to_string()]);
         args.extend(
             [
                 // The bus on a free port of its own (not port + 10000).
