@@ -46,8 +46,14 @@ impl Scripts {
             fence_commit: Script::new(include_str!("scripts/fence_commit.lua")),
             inspect: Script::new(include_str!("scripts/inspect.lua")),
             semaphore_register: Script::new(include_str!("scripts/semaphore_register.lua")),
-            rw_read: Script::new(include_str!("scripts/rw_read.lua")),
-            rw_write: Script::new(include_str!("scripts/rw_write.lua")),
+            rw_read: Script::new(concat!(
+                include_str!("scripts/rw_kind.lua"),
+                include_str!("scripts/rw_read.lua")
+            )),
+            rw_write: Script::new(concat!(
+                include_str!("scripts/rw_kind.lua"),
+                include_str!("scripts/rw_write.lua")
+            )),
         }
     }
 }

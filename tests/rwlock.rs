@@ -7,9 +7,8 @@ mod support;
 use std::time::Duration;
 
 use quorumlock::{Error, InUse, Reading, Redlock, RetryPolicy};
-use support::proxy::Net;
 use support::unique;
-use support::witness::{self, Kind, Load, Report, Style};
+use support::witness::{self, Kind, Report};
 
 const TTL: Duration = Duration::from_secs(10);
 
@@ -242,21 +241,8 @@ fn the_witness_judges_readers_and_writers() {
     assert_eq!(witness::rw_overlaps(&mut bad), 2);
 }
 
-/// 8 clients, writing in 30% of their holds, on `urls`.
-async fn rw_run(urls: &[String], name: &str, style: Style) -> Report {
-    let mut load = Load::new(&[unique(name)], Duration::from_millis(1500));
-    load.kind = Kind::RwLock(0.3);
-    load.style = style;
-    load.hold = Duration::from_millis(5);
-    witness::run(urls, &load).await
-}
-
-fn assert_safe(scenario: &str, report: &Report) {
-    assert_safe_with(scenario, report, 30);
-}
-
-/// As `assert_safe`, with at least `min` holders in the run.
-fn assert_safe_with(scenario: &str, report: &Report, min: usize) {
+/// Safe, and writers and readers both held.
+fn assert_safe(scenario: &str, report: &Report, min: usize) {
     eprintln!("RWLOCK {scenario}: {report}");
     assert_eq!(
         report.violations, 0,
@@ -272,66 +258,12 @@ fn assert_safe_with(scenario: &str, report: &Report, min: usize) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_writer_overlaps_anyone_under_faults() {
-    let _serial = support::serial().await;
-    let Some(mut cluster) = support::cluster(3) else {
-        return;
-    };
-    let urls = cluster.urls();
-    for style in [Style::TryLoop, Style::Acquire] {
-        let report = rw_run(&urls, "calm", style).await;
-        assert_safe(&format!("no fault, {style:?}"), &report);
-    }
-
-    let run = rw_run(&urls, "frozen", Style::TryLoop);
-    let fault = async {
-        for _ in 0..5 {
-            cluster.freeze(2);
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            cluster.thaw(2);
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    };
-    let (report, ()) = tokio::join!(run, fault);
-    cluster.thaw(2);
-    assert_safe("frozen node", &report);
-
-    let run = rw_run(&urls, "restart", Style::Acquire);
-    let fault = async {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        cluster.kill(1);
-        tokio::time::sleep(Duration::from_millis(1100)).await;
-        cluster.restart(1);
-    };
-    let (report, ()) = tokio::join!(run, fault);
-    assert_safe("delayed restart", &report);
-
-    // Waiting writers (`write`): a try-loop writer rarely finds a moment
-    // free of readers that stall for a whole TTL.
-    let mut load = Load::new(&[unique("paused")], Duration::from_millis(2000));
-    load.kind = Kind::RwLock(0.3);
-    load.style = Style::Acquire;
-    load.ttl = Duration::from_millis(300);
-    load.paused_share = 0.2;
-    let report = witness::run(&urls, &load).await;
-    // Holders stall for a whole TTL here, and writers take turns with them.
-    assert_safe_with("paused holders", &report, 10);
+    support::scenarios::process_faults(Kind::RwLock(0.3), assert_safe).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_writer_overlaps_anyone_with_a_slow_or_blackholed_node() {
-    let _serial = support::serial().await;
-    let Some(net) = Net::start().await else {
-        return;
-    };
-    net.proxies[2].random_latency(Duration::from_millis(80));
-    let report = rw_run(&net.urls(), "slow", Style::TryLoop).await;
-    net.proxies[2].heal();
-    assert_safe("slow node", &report);
-
-    net.proxies[0].blackhole();
-    let report = rw_run(&net.urls(), "blackhole", Style::Acquire).await;
-    net.proxies[0].heal();
-    assert_safe("blackholed node", &report);
+    support::scenarios::network_faults(Kind::RwLock(0.3), assert_safe).await;
 }
 
 /// The scoped forms, run by a user with only the README's ACL rule and

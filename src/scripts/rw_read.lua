@@ -6,13 +6,10 @@
 -- Returns {status, fence}: status 1 admitted, 0 a writer holds or waits,
 -- -1 the name is a mutex (or another value), -2 another kind of lock;
 -- fence is the writer's counter (0 without fencing).
-local kind = redis.call("TYPE", KEYS[1])["ok"]
-if kind == "none" then
-    redis.call("HSET", KEYS[1], "kind", "rwlock")
-elseif kind ~= "hash" then
-    return {-1, 0}
-elseif redis.call("HGET", KEYS[1], "kind") ~= "rwlock" then
-    return {-2, 0}
+-- (`rw_kind.lua` comes first: `claim_kind`.)
+local refused = claim_kind()
+if refused then
+    return refused
 end
 if redis.call("EXISTS", KEYS[2]) == 1 or redis.call("EXISTS", KEYS[3]) == 1 then
     return {0, 0}

@@ -9,13 +9,10 @@
 -- Returns {status, fence}: status 1 admitted, 0 held (or another writer
 -- waits first), -1 the name is a mutex (or another value), -2 another
 -- kind of lock; fence is the counter (0 without fencing).
-local kind = redis.call("TYPE", KEYS[1])["ok"]
-if kind == "none" then
-    redis.call("HSET", KEYS[1], "kind", "rwlock")
-elseif kind ~= "hash" then
-    return {-1, 0}
-elseif redis.call("HGET", KEYS[1], "kind") ~= "rwlock" then
-    return {-2, 0}
+-- (`rw_kind.lua` comes first: `claim_kind`.)
+local refused = claim_kind()
+if refused then
+    return refused
 end
 local holder = redis.call("GET", KEYS[2])
 if holder and holder ~= ARGV[1] then

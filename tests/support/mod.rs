@@ -10,6 +10,7 @@
 pub mod docker;
 pub mod proxy;
 pub mod redis_cluster;
+pub mod scenarios;
 pub mod tls;
 pub mod witness;
 
