@@ -327,6 +327,50 @@ impl Builder {
         self
     }
 
+    /// As [`cluster_node`](Self::cluster_node), for a cluster reached over
+    /// TLS (`rediss://` seeds) with the service's own root certificate and,
+    /// if the members ask for one, client certificate (features `cluster`
+    /// and a TLS feature). Release announcements use them too.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+    /// use redis::TlsCertificates;
+    ///
+    /// let certificates = TlsCertificates {
+    ///     root_cert: Some(std::fs::read("/etc/redis/tls/ca.crt")?),
+    ///     client_tls: None,
+    /// };
+    /// let redlock = quorumlock::Redlock::builder()
+    ///     .cluster_node_with_tls(["rediss://a1.internal:7000"], certificates.clone())
+    ///     .cluster_node_with_tls(["rediss://b1.internal:7000"], certificates.clone())
+    ///     .cluster_node_with_tls(["rediss://c1.internal:7000"], certificates)
+    ///     .build()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    #[cfg(all(
+        feature = "cluster",
+        any(feature = "tls-rustls", feature = "tls-native-tls")
+    ))]
+    pub fn cluster_node_with_tls<I>(
+        mut self,
+        seeds: I,
+        certificates: redis::TlsCertificates,
+    ) -> Self
+    where
+        I: IntoIterator,
+        I::Item: IntoConnectionInfo,
+    {
+        let cluster = seeds
+            .into_iter()
+            .map(IntoConnectionInfo::into_connection_info)
+            .collect::<Result<Vec<_>, _>>()
+            .and_then(|seeds| crate::transport::cluster::Cluster::with_tls(seeds, certificates))
+            .map(Transport::Cluster);
+        self.nodes.push(cluster);
+        self
+    }
+
     /// How `acquire` retries. Default: [`RetryPolicy::default`].
     pub fn retry(mut self, retry: RetryPolicy) -> Self {
         self.retry = retry;

@@ -249,3 +249,97 @@ async fn a_killed_master_fails_over_to_its_replica() {
     })
     .await;
 }
+
+/// Clusters reached over TLS with the service's own CA
+/// (`cluster_node_with_tls`): commands, redirects and release
+/// announcements all go over TLS; a wrong CA is a TLS failure.
+#[cfg(any(feature = "tls-rustls", feature = "tls-native-tls"))]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clusters_over_tls_with_our_own_ca() {
+    use redis::TlsCertificates;
+    let certs = support::tls::Certs::make();
+    let clusters: Vec<RedisCluster> = std::thread::scope(|s| {
+        let started: Vec<_> = (0..3)
+            .map(|_| s.spawn(|| RedisCluster::start_tls(3, &certs)))
+            .collect();
+        started.into_iter().map(|t| t.join().unwrap()).collect()
+    });
+    let trusting = |root: &str| TlsCertificates {
+        root_cert: Some(certs.read(root)),
+        client_tls: None,
+    };
+    let builder = |root: &str, retry: RetryPolicy| {
+        clusters
+            .iter()
+            .fold(Redlock::builder(), |b, c| {
+                b.cluster_node_with_tls(c.tls_seeds(), trusting(root))
+            })
+            .retry(retry)
+    };
+    let redlock = builder("ca.crt", RetryPolicy::none())
+        .build()
+        .await
+        .unwrap();
+    let resource = support::unique("tls-cluster");
+    let lock = redlock
+        .try_acquire(&resource, Duration::from_secs(10))
+        .await
+        .unwrap();
+    for cluster in &clusters {
+        let master = cluster.master_of_slot(0, cluster.slot(&resource));
+        assert_eq!(value_on(cluster, master, &resource), lock.token());
+    }
+    // A waiter whose retry delay is 10 s is woken through a member's TLS
+    // pub/sub connection.
+    let waiter = builder(
+        "ca.crt",
+        RetryPolicy::new()
+            .delay(Duration::from_secs(10))
+            .jitter(Duration::ZERO),
+    )
+    .build()
+    .await
+    .unwrap();
+    let waiting = {
+        let resource = resource.clone();
+        tokio::spawn(async move { waiter.acquire(&resource, Duration::from_secs(10)).await })
+    };
+    let channel = format!("quorumlock:released:{resource}");
+    support::eventually(Duration::from_secs(5), "the waiter subscribed", || {
+        let (cluster, channel) = (&clusters[0], channel.clone());
+        async move {
+            (0..cluster.servers.len()).any(|i| {
+                cluster
+                    .cli(i, &["PUBSUB", "NUMSUB", &channel])
+                    .lines()
+                    .nth(1)
+                    .is_some_and(|n| n != "0")
+            })
+        }
+    })
+    .await;
+    lock.release().await.unwrap();
+    let next = tokio::time::timeout(Duration::from_secs(2), waiting)
+        .await
+        .expect("woken by the announcement, not by the 10 s retry delay")
+        .unwrap()
+        .unwrap();
+    next.release().await.unwrap();
+
+    // Another CA: refused as TLS, on enough clusters to cost the quorum.
+    let wrong = builder("other-ca.crt", RetryPolicy::none())
+        .build()
+        .await
+        .unwrap();
+    let e = wrong
+        .try_acquire(&support::unique("tls-cluster"), Duration::from_secs(10))
+        .await
+        .unwrap_err();
+    let kinds: Vec<FailureKind> = e.failures().iter().map(|f| f.kind()).collect();
+    assert!(
+        kinds.iter().filter(|k| **k == FailureKind::Tls).count() >= 2,
+        "{e}: {:?}",
+        e.failures()
+    );
+    assert!(e.is_refused(), "{e}");
+}

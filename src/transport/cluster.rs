@@ -23,6 +23,9 @@ use super::{parse_info, ServerInfo, Wire};
 pub(crate) struct Cluster {
     seeds: Vec<ConnectionInfo>,
     client: ClusterClient,
+    /// The service's own root and client certificates, for every member.
+    #[cfg(any(feature = "tls-rustls", feature = "tls-native-tls"))]
+    certificates: Option<redis::TlsCertificates>,
 }
 
 impl fmt::Debug for Cluster {
@@ -38,7 +41,29 @@ impl Cluster {
     /// that one being down does not keep us out).
     pub(crate) fn new(seeds: Vec<ConnectionInfo>) -> Result<Self, RedisError> {
         let client = ClusterClient::builder(seeds.clone()).build()?;
-        Ok(Self { seeds, client })
+        Ok(Self {
+            seeds,
+            client,
+            #[cfg(any(feature = "tls-rustls", feature = "tls-native-tls"))]
+            certificates: None,
+        })
+    }
+
+    /// As [`new`](Self::new), reaching every member (`rediss://` seeds)
+    /// with the service's own root and client certificates.
+    #[cfg(any(feature = "tls-rustls", feature = "tls-native-tls"))]
+    pub(crate) fn with_tls(
+        seeds: Vec<ConnectionInfo>,
+        certificates: redis::TlsCertificates,
+    ) -> Result<Self, RedisError> {
+        let client = ClusterClient::builder(seeds.clone())
+            .certs(certificates.clone())
+            .build()?;
+        Ok(Self {
+            seeds,
+            client,
+            certificates: Some(certificates),
+        })
     }
 
     pub(super) fn address(&self) -> Option<String> {
@@ -47,10 +72,34 @@ impl Cluster {
             .map(|s| s.addr().to_string().to_ascii_lowercase())
     }
 
+    /// The cluster client reports a failed connect as text ("Failed to
+    /// create initial connections - ..."), losing the TLS library's typed
+    /// error; one seed asked directly gives it back, so a wrong CA reads as
+    /// a TLS failure and not as a node that is down.
+    async fn why(&self, error: RedisError, connect_timeout: Duration) -> RedisError {
+        for seed in self.announcers() {
+            let direct =
+                tokio::time::timeout(connect_timeout, seed.get_multiplexed_async_connection())
+                    .await;
+            match direct {
+                Ok(Err(e)) if super::is_tls_failure(&e) => return e,
+                Ok(Ok(_)) => break,
+                _ => {}
+            }
+        }
+        error
+    }
+
     pub(super) fn announcers(&self) -> Vec<redis::Client> {
         self.seeds
             .iter()
-            .filter_map(|s| redis::Client::open(s.clone()).ok())
+            .filter_map(|seed| {
+                #[cfg(any(feature = "tls-rustls", feature = "tls-native-tls"))]
+                if let Some(certificates) = &self.certificates {
+                    return redis::Client::build_with_tls(seed.clone(), certificates.clone()).ok();
+                }
+                redis::Client::open(seed.clone()).ok()
+            })
             .collect()
     }
 
@@ -62,7 +111,10 @@ impl Cluster {
         connect_timeout: Duration,
     ) -> Result<(Wire, ServerInfo), RedisError> {
         let config = ClusterConfig::new().set_connection_timeout(connect_timeout);
-        let mut conn = self.client.get_async_connection_with_config(config).await?;
+        let mut conn = match self.client.get_async_connection_with_config(config).await {
+            Ok(conn) => conn,
+            Err(e) => return Err(self.why(e, connect_timeout).await),
+        };
         let random = || RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random);
         let mut ask = redis::cmd("INFO");
         ask.arg("server");

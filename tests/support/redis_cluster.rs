@@ -63,7 +63,11 @@ impl RedisCluster {
         for i in 0..servers.len() {
             create.arg(format!("127.0.0.1:{}", servers.port(i)));
         }
-        let out = create
+        // Bounded: a bus that cannot connect leaves it waiting forever.
+        let out = Command::new("timeout")
+            .arg("30")
+            .arg(create.get_program())
+            .args(create.get_args())
             .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
             .output()
             .expect("redis-cli must be installed (apt-get install -y redis-tools)");
@@ -87,6 +91,33 @@ impl RedisCluster {
             }
         }
         cluster
+    }
+
+    /// As [`start`](Self::start), each member also serving TLS (the
+    /// cluster bus and replication too) with `certs`' server certificate;
+    /// plain-text ports stay open for the tests' own `redis-cli`.
+    pub fn start_tls(masters: usize, certs: &super::tls::Certs) -> Self {
+        let path = |file: &str| certs.path(file).display().to_string();
+        let lines = format!(
+            "cluster-enabled yes\ncluster-config-file nodes.conf\ncluster-node-timeout 1000\n\
+             tls-port {{free}}\ntls-cluster yes\ntls-replication yes\ntls-auth-clients no\n\
+             tls-cert-file {}\ntls-key-file {}\ntls-ca-cert-file {}\n",
+            path("server.crt"),
+            path("server.key"),
+            path("ca.crt"),
+        );
+        Self::start_configured(masters, 0, &lines)
+    }
+
+    /// `rediss://` addresses of every member's TLS port.
+    pub fn tls_seeds(&self) -> Vec<String> {
+        (0..self.servers.len())
+            .map(|i| {
+                let port = self.cli(i, &["CONFIG", "GET", "tls-port"]);
+                let port = port.lines().nth(1).expect("tls-port is set");
+                format!("rediss://127.0.0.1:{port}")
+            })
+            .collect()
     }
 
     /// Addresses of every member, to give as seeds.
