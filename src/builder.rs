@@ -102,8 +102,11 @@ impl RetryPolicy {
     }
 
     /// Overall limit on the time `acquire` may spend, attempts and waits
-    /// included: no retry starts once it would begin past this limit.
-    /// Default: none (only `attempts` limits it).
+    /// included. The whole limit is waited through: the wait before the
+    /// next attempt is cut short at the limit, where one last attempt goes
+    /// out, and no attempt starts after it. `acquire` thus returns within
+    /// the limit plus one attempt. Default: none (only `attempts` limits
+    /// it).
     #[must_use]
     pub fn max_wait(mut self, max_wait: Option<Duration>) -> Self {
         self.max_wait = max_wait;

@@ -290,9 +290,15 @@ impl Redlock {
             // policy's attempts: its window soon reaches the policy's delay.
             let counted = wait >= policy.fixed_delay() || contests > FREE_CONTEST_RETRIES;
             if let Some(limit) = policy.limit() {
-                if started.elapsed().saturating_add(wait) >= limit {
+                // The wait is spent up to the limit, not refused when the
+                // next delay would pass it: a release heard meanwhile is
+                // taken, and one last attempt goes out at the limit (a
+                // holder that crashed may just have expired).
+                let left = limit.saturating_sub(started.elapsed());
+                if left.is_zero() {
                     return Err(err);
                 }
+                wait = wait.min(left);
             }
             if failed.seen_held && watch.is_none() {
                 // Once subscribed, try again at once: a release between the

@@ -589,3 +589,72 @@ async fn settle_waits_for_background_releases() {
     // Nothing running: at once.
     assert!(redlock.settle(Duration::ZERO).await);
 }
+
+/// `max_wait` is waited through, however long the retry delay: a holder
+/// that crashed (its keys left to expire) is succeeded at the limit's last
+/// attempt, and a live holder makes the waiter give up near the limit, not
+/// as soon as the next delay would pass it.
+#[tokio::test]
+async fn max_wait_is_waited_through_whatever_the_retry_delay() {
+    let Some((urls, _cluster)) = support::nodes(3) else {
+        return;
+    };
+    let waiter = support::builder(&urls)
+        .retry(
+            RetryPolicy::new()
+                .attempts(u32::MAX)
+                .delay(Duration::from_secs(10))
+                .jitter(Duration::ZERO)
+                .max_wait(Some(Duration::from_millis(600))),
+        )
+        .build()
+        .await
+        .unwrap();
+
+    // A crashed holder: its keys expire 300 ms from now, nobody releases.
+    let resource = unique("crashed");
+    for url in &urls {
+        let mut c = support::conn(url).await;
+        let _: () = redis::cmd("SET")
+            .arg(&resource)
+            .arg("crashed-holder")
+            .arg("PX")
+            .arg(300)
+            .query_async(&mut c)
+            .await
+            .unwrap();
+    }
+    let start = Instant::now();
+    let lock = tokio::time::timeout(
+        Duration::from_secs(5),
+        waiter.acquire(&resource, Duration::from_secs(10)),
+    )
+    .await
+    .expect("acquire returns")
+    .expect("the expired holder's lock is won at the last attempt");
+    assert!(start.elapsed() >= Duration::from_millis(300));
+    lock.release().await.unwrap();
+
+    // A live holder: the waiter waits out its limit, then says contended.
+    let holder = support::manager(&urls).await;
+    let resource = unique("live");
+    let held = holder
+        .try_acquire(&resource, Duration::from_secs(30))
+        .await
+        .unwrap();
+    let start = Instant::now();
+    let err = tokio::time::timeout(
+        Duration::from_secs(5),
+        waiter.acquire(&resource, Duration::from_secs(10)),
+    )
+    .await
+    .expect("acquire returns")
+    .unwrap_err();
+    let waited = start.elapsed();
+    assert!(err.is_contended(), "{err:?}");
+    assert!(
+        waited >= Duration::from_millis(550) && waited < Duration::from_secs(2),
+        "gave up after {waited:?} of a 600 ms limit"
+    );
+    held.release().await.unwrap();
+}
