@@ -298,7 +298,8 @@ impl Builder {
     /// the resources of an [`acquire_many`](crate::Redlock::acquire_many)
     /// set one hash tag (`"{order:42}:payment"`, `"{order:42}:stock"`);
     /// fencing counters follow their lock's slot by themselves. Keys of
-    /// different slots are refused with [`FailureKind::CrossSlot`].
+    /// different slots are refused with [`Error::InvalidInput`] before any
+    /// command is sent.
     ///
     /// A cluster's failover promotes a replica that may lack the newest
     /// keys, as Sentinel does: each failover counts as that node forgetting
@@ -481,6 +482,7 @@ impl Builder {
         let mut addresses: Vec<Option<String>> = Vec::with_capacity(count);
         let mut nodes = Vec::with_capacity(count);
         let mut announcers = Vec::with_capacity(count);
+        let mut sharded = false;
         for (index, transport) in self.nodes.into_iter().enumerate() {
             let transport = transport.map_err(|source| Error::InvalidNode { index, source })?;
             let address = transport.address();
@@ -493,6 +495,7 @@ impl Builder {
             }
             addresses.push(address);
             announcers.push(transport.announcers());
+            sharded |= transport.is_cluster();
             nodes.push(Node::new(Link::new(
                 index,
                 transport,
@@ -519,6 +522,7 @@ impl Builder {
             drift_floor: self.drift_floor,
             key_prefix: self.key_prefix,
             fencing: self.fencing,
+            sharded,
             background: Arc::default(),
             wakeups: Arc::new(Wakeups::new(
                 announcers,

@@ -270,7 +270,9 @@ pub enum FailureKind {
     /// `SCRIPT LOAD` or `SET` renamed away or unknown).
     Command,
     /// The keys of one operation hash to different cluster slots
-    /// (`CROSSSLOT`): give them one hash tag.
+    /// (`CROSSSLOT`): give them one hash tag. Nodes given as clusters never
+    /// get such keys (the lock call is `InvalidInput`); this comes from a
+    /// server that checks slots without being given as one.
     CrossSlot,
     /// TLS failed: the node's certificate is not trusted (another CA, another
     /// host name), the node refused ours (or our lack of one), or a

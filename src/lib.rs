@@ -70,6 +70,7 @@ mod quorum;
 mod redlock;
 mod rwlock;
 mod semaphore;
+mod slots;
 mod stats;
 mod transport;
 mod wake;

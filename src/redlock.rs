@@ -17,6 +17,7 @@ use crate::lock::{Guard, KeepAlive, Lock};
 use crate::node::{set_nx_px_cmd, Node, Scripts};
 use crate::quorum::{self, Decision, Patience, Reply, Standing, Tally};
 use crate::rwlock::{Admission, Side};
+use crate::slots;
 use crate::stats;
 use crate::wake::{Wakeups, Watch, COURTESY};
 use crate::Error;
@@ -34,6 +35,8 @@ pub(crate) struct Inner {
     pub(crate) drift_floor: Duration,
     pub(crate) key_prefix: String,
     pub(crate) fencing: bool,
+    /// Some node is a Redis Cluster: a lock's keys must share a slot.
+    pub(crate) sharded: bool,
     pub(crate) wakeups: Arc<Wakeups>,
     /// Releases and clean-ups still running (see [`Redlock::settle`]).
     pub(crate) background: Arc<crate::cleanup::Background>,
@@ -145,14 +148,16 @@ impl Redlock {
     /// release, extend and fence cover the whole set.
     ///
     /// On nodes that are Redis Clusters (`Builder::cluster_node`, feature
-    /// `cluster`), or behind a proxy that checks slots, every key of the set
-    /// must share a hash tag (for example `{order:42}:a` and `{order:42}:b`);
-    /// otherwise the node refuses with `CROSSSLOT`
-    /// ([`FailureKind::CrossSlot`](crate::FailureKind::CrossSlot)).
+    /// `cluster`), every key of the set must share a hash tag (for example
+    /// `{order:42}:a` and `{order:42}:b`); otherwise the set is refused with
+    /// [`Error::InvalidInput`] before any command is sent. A server that
+    /// checks slots without being given as a cluster refuses with
+    /// `CROSSSLOT` ([`FailureKind::CrossSlot`](crate::FailureKind::CrossSlot)).
     ///
     /// # Errors
     /// As [`acquire`](Self::acquire); [`Error::InvalidInput`] also for an
-    /// empty list or a resource named twice.
+    /// empty list, a resource named twice, or keys in several slots of a
+    /// cluster node.
     ///
     /// # Example
     /// ```no_run
@@ -187,6 +192,11 @@ impl Redlock {
         if let [resource] = resources {
             // One resource: no list to build.
             let key = self.checked_key(resource)?;
+            let fence = self.inner.fencing.then(|| fence_key(&key));
+            slots::check(
+                self.inner.sharded,
+                [&*key].into_iter().chain(fence.as_deref()),
+            )?;
             return Ok(Arc::from([key]));
         }
         let mut keys: Vec<Arc<str>> = Vec::with_capacity(resources.len());
@@ -196,6 +206,14 @@ impl Redlock {
         let mut seen = std::collections::HashSet::with_capacity(keys.len());
         if !keys.iter().all(|k| seen.insert(&**k)) {
             return Err(Error::InvalidInput("a resource is named twice"));
+        }
+        if self.inner.sharded {
+            let fences: Vec<Arc<str>> = if self.inner.fencing {
+                keys.iter().map(|k| fence_key(k)).collect()
+            } else {
+                Vec::new()
+            };
+            slots::check(true, keys.iter().chain(&fences).map(|k| &**k))?;
         }
         Ok(keys.into())
     }
@@ -629,18 +647,9 @@ pub(crate) async fn attempt_as(
 
 /// The key of a lock key's fencing counter. No resource can reach it (keys
 /// under [`FENCE_PREFIX`] are refused), and it hashes to the lock key's
-/// cluster slot: it keeps the key's hash tag, or makes the whole key its
-/// tag when it has none.
+/// cluster slot (see [`slots::tagged`]).
 pub(crate) fn fence_key(key: &str) -> Arc<str> {
-    let tagged = key
-        .find('{')
-        .and_then(|open| key[open + 1..].find('}'))
-        .is_some_and(|len| len > 0);
-    if tagged || key.contains('}') {
-        Arc::from(format!("{FENCE_PREFIX}{key}"))
-    } else {
-        Arc::from(format!("{FENCE_PREFIX}{{{key}}}"))
-    }
+    Arc::from(format!("{FENCE_PREFIX}{}", slots::tagged(key)))
 }
 
 /// Where fencing counters live; refused as a key for a lock.

@@ -36,6 +36,7 @@ use crate::error::{Error, InUse};
 use crate::inspect::Inspection;
 use crate::lock::Lock;
 use crate::redlock::{attempt_as, fence_key, Keys, Redlock};
+use crate::slots;
 
 /// Which side of the lock an attempt asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -113,20 +114,6 @@ impl std::fmt::Debug for RwLock {
     }
 }
 
-/// `key` as a hash tag for keys that must share its cluster slot: its own
-/// tag if it has one, else the whole key in braces.
-pub(crate) fn tagged(key: &str) -> String {
-    let has_tag = key
-        .find('{')
-        .and_then(|open| key[open + 1..].find('}'))
-        .is_some_and(|len| len > 0);
-    if has_tag || key.contains('}') {
-        key.to_string()
-    } else {
-        format!("{{{key}}}")
-    }
-}
-
 impl Redlock {
     /// A read-write lock named `name`: readers share it, a writer excludes
     /// readers and other writers, and a waiting writer is not starved by a
@@ -142,14 +129,19 @@ impl Redlock {
             Error::InvalidInput(why) => why,
             _ => "invalid read-write lock name",
         });
-        let keys = keys.map(|key| {
-            let tag = tagged(&key);
-            [
+        let keys = keys.and_then(|key| {
+            let tag = slots::tagged(&key);
+            let keys: [Arc<str>; 4] = [
                 key,
                 Arc::from(format!("{tag}:writer")),
                 Arc::from(format!("{tag}:intent")),
                 Arc::from(format!("{tag}:readers")),
-            ]
+            ];
+            match slots::check(self.inner.sharded, keys.iter().map(|k| &**k)) {
+                Ok(()) => Ok(keys),
+                Err(Error::InvalidInput(why)) => Err(why),
+                Err(_) => Err("invalid read-write lock name"),
+            }
         });
         RwLock {
             redlock: self.clone(),
@@ -180,7 +172,7 @@ impl RwLock {
                 let admission = self.admission(&keys, Side::Read, 0, new_id());
                 let reader: Keys = Arc::from([Arc::from(format!(
                     "{}:reader:{}",
-                    tagged(&keys[0]),
+                    slots::tagged(&keys[0]),
                     new_id()
                 ))]);
                 attempt_as(&self.redlock.inner, reader, plan, Some(admission))
@@ -223,7 +215,7 @@ impl RwLock {
         let plan = self.redlock.inner.plan(ttl)?;
         let reader: Keys = Arc::from([Arc::from(format!(
             "{}:reader:{}",
-            tagged(&keys[0]),
+            slots::tagged(&keys[0]),
             new_id()
         ))]);
         let admission = self.admission(&keys, Side::Read, 0, new_id());

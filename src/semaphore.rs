@@ -32,6 +32,7 @@ use crate::inspect::Inspection;
 use crate::lock::Lock;
 use crate::quorum::{Reply, Standing};
 use crate::redlock::{attempt, Failed, Keys, Plan, Redlock};
+use crate::slots;
 
 /// More permits than this are refused: each try walks the slots.
 const MAX_PERMITS: u32 = 1024;
@@ -79,17 +80,9 @@ impl std::fmt::Debug for Semaphore {
 }
 
 /// The key of permit `slot` of the semaphore keyed `key`: in the key's
-/// cluster slot (its own hash tag, or the whole key as the tag).
+/// cluster slot (see [`slots::tagged`]).
 fn slot_key(key: &str, slot: u32) -> Arc<str> {
-    let tagged = key
-        .find('{')
-        .and_then(|open| key[open + 1..].find('}'))
-        .is_some_and(|len| len > 0);
-    if tagged || key.contains('}') {
-        Arc::from(format!("{key}:permit:{slot}"))
-    } else {
-        Arc::from(format!("{{{key}}}:permit:{slot}"))
-    }
+    Arc::from(format!("{}:permit:{slot}", slots::tagged(key)))
 }
 
 impl Redlock {
@@ -101,7 +94,10 @@ impl Redlock {
     /// Bad input (an empty name, zero permits, more than 1024) is reported
     /// by the semaphore's calls as [`Error::InvalidInput`].
     pub fn semaphore(&self, name: &str, permits: u32) -> Semaphore {
-        let key = self.checked_key(name);
+        let key = self.checked_key(name).and_then(|key| {
+            slots::check(self.inner.sharded, [&*key, &*slot_key(&key, 0)])?;
+            Ok(key)
+        });
         let slots: Vec<Keys> = match &key {
             Ok(key) if (1..=MAX_PERMITS).contains(&permits) => (0..permits)
                 .map(|slot| Arc::from([slot_key(key, slot)]))

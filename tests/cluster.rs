@@ -11,7 +11,7 @@ mod support;
 use std::collections::HashSet;
 use std::time::Duration;
 
-use quorumlock::{Builder, FailureKind, Redlock, RetryPolicy};
+use quorumlock::{Builder, Error, FailureKind, Redlock, RetryPolicy};
 use support::redis_cluster::RedisCluster;
 use support::witness::{self, Load};
 
@@ -138,31 +138,88 @@ async fn sets_and_fences_share_a_slot() {
     assert!(again.is_contended(), "{again}");
     held.release().await.unwrap();
 
-    // Untagged names in different slots: refused, with the reason.
+    // Untagged names in different slots: refused before anything is sent,
+    // with the reason (a node's CROSSSLOT would only be a missing vote).
     let names = spread(&clusters[0], 2);
     assert_ne!(clusters[0].slot(&names[0]), clusters[0].slot(&names[1]));
-    let e = redlock
-        .try_acquire_many(&[names[0].as_str(), names[1].as_str()], ttl)
-        .await
-        .unwrap_err();
-    assert!(e.is_refused(), "{e}");
-    // The attempt ends once the quorum is out of reach: a node may still
-    // be on its way to the same answer.
-    let kinds: Vec<FailureKind> = e.failures().iter().map(|f| f.kind()).collect();
-    let cross = kinds.iter().filter(|k| **k == FailureKind::CrossSlot);
-    assert!(cross.count() >= 2, "{e}");
-    assert!(
-        kinds
-            .iter()
-            .all(|k| *k == FailureKind::CrossSlot || k.is_silent()),
-        "{e}"
-    );
+    let untagged = [names[0].as_str(), names[1].as_str()];
+    let e = redlock.try_acquire_many(&untagged, ttl).await.unwrap_err();
+    assert!(matches!(e, Error::InvalidInput(_)), "{e:?}");
+    assert!(e.to_string().contains("hash tag"), "{e}");
     for cluster in &clusters {
         for name in &names {
             let master = cluster.master_of_slot(0, cluster.slot(name));
             assert_eq!(value_on(cluster, master, name), "");
         }
     }
+    // A name holding `}` but no hash tag: its fence counter cannot share
+    // its slot, and neither can a semaphore's permits or a read-write
+    // lock's keys. Refused with fencing; a plain lock of it works.
+    let odd = format!("{}}}x", support::unique("odd"));
+    let e = redlock.try_acquire(&odd, ttl).await.unwrap_err();
+    assert!(matches!(e, Error::InvalidInput(_)), "{e:?}");
+    let e = redlock
+        .semaphore(&odd, 2)
+        .try_acquire(ttl)
+        .await
+        .unwrap_err();
+    assert!(matches!(e, Error::InvalidInput(_)), "{e:?}");
+    let e = redlock.rw_lock(&odd).try_read(ttl).await.unwrap_err();
+    assert!(matches!(e, Error::InvalidInput(_)), "{e:?}");
+    let unfenced = builder(&clusters).build().await.unwrap();
+    unfenced
+        .try_acquire(&odd, ttl)
+        .await
+        .unwrap()
+        .release()
+        .await
+        .unwrap();
+    // Tagged, such a name is fine everywhere.
+    let named = format!("{{{}}}:{odd}", support::unique("tag"));
+    redlock
+        .try_acquire(&named, ttl)
+        .await
+        .unwrap()
+        .release()
+        .await
+        .unwrap();
+    let permit = redlock.semaphore(&named, 2).try_acquire(ttl).await.unwrap();
+    permit.release().await.unwrap();
+}
+
+/// One cluster among single servers: a set whose keys span slots would be
+/// refused by the cluster alone and granted by the two servers, a lock
+/// with one node fewer than counted on. It is refused before any I/O.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_among_single_servers_checks_slots_too() {
+    let cluster = RedisCluster::start(3, 0);
+    let Some(servers) = support::cluster(2) else {
+        return;
+    };
+    let redlock = Redlock::builder()
+        .cluster_node(cluster.seeds())
+        .nodes(servers.urls())
+        .retry(RetryPolicy::none())
+        .build()
+        .await
+        .unwrap();
+    let ttl = Duration::from_secs(10);
+    let names = spread(&cluster, 2);
+    let e = redlock
+        .try_acquire_many(&[names[0].as_str(), names[1].as_str()], ttl)
+        .await
+        .unwrap_err();
+    assert!(matches!(e, Error::InvalidInput(_)), "{e:?}");
+    for url in servers.urls() {
+        assert_eq!(support::key_count(&url).await, 0, "{url}");
+    }
+    // One hash tag: granted by all three.
+    let order = support::unique("order");
+    let (a, b) = (format!("{{{order}}}:a"), format!("{{{order}}}:b"));
+    let lock = redlock.try_acquire_many(&[&a, &b], ttl).await.unwrap();
+    let master = cluster.master_of_slot(0, cluster.slot(&a));
+    assert_eq!(value_on(&cluster, master, &b), lock.token());
+    lock.release().await.unwrap();
 }
 
 /// Runs the witness on one resource while `fault` strikes cluster 0 after

@@ -57,6 +57,15 @@ impl Transport {
         }
     }
 
+    /// Whether the node is a Redis Cluster, whose keys are spread by slot.
+    pub(crate) fn is_cluster(&self) -> bool {
+        match self {
+            Transport::Standalone(_) | Transport::Managed(_) => false,
+            #[cfg(feature = "cluster")]
+            Transport::Cluster(_) => true,
+        }
+    }
+
     /// Clients for the node's release announcements, tried in turn: the
     /// server itself, or any member of a cluster (a cluster's `PUBLISH`
     /// reaches the subscribers on every member). A managed connection has
