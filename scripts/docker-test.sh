@@ -74,7 +74,16 @@ if ! docker image inspect "$image" >/dev/null 2>&1; then
         cannot "image $image is not here and cannot be pulled"
     else
         image=quorumlock/redis:local
-        say "redis:7 cannot be pulled here; building $image from this machine's $(redis-server --version | cut -d' ' -f1-3)"
+        # Built once per version of this machine's Redis, and kept: the
+        # label says which, so a new Redis replaces it (the old one goes).
+        version="$(redis-server --version | cut -d' ' -f1-3)"
+        built="$(docker image inspect -f '{{ index .Config.Labels "quorumlock.redis" }}' "$image" 2>/dev/null || true)"
+    fi
+    if [ "$image" = quorumlock/redis:local ] && [ "$built" = "$version" ]; then
+        say "redis:7 cannot be pulled here; using $image, built from this machine's $version"
+    elif [ "$image" = quorumlock/redis:local ]; then
+        say "redis:7 cannot be pulled here; building $image from this machine's $version"
+        docker rmi -f "$image" >/dev/null 2>&1 || true
         root=$(mktemp -d)
         for bin in "$(command -v redis-server)" "$(command -v redis-cli)"; do
             mkdir -p "$root$(dirname "$bin")"
@@ -87,6 +96,7 @@ if ! docker image inspect "$image" >/dev/null 2>&1; then
         mkdir -p "$root/data" "$root/tmp" "$root/etc"
         echo "root:x:0:0:root:/root:/bin/sh" >"$root/etc/passwd"
         tar -C "$root" -c . | docker import \
+            --change "LABEL quorumlock.redis=\"$version\"" \
             --change 'ENV PATH=/usr/local/bin:/usr/bin:/bin' \
             --change 'WORKDIR /data' - "$image" >/dev/null
         rm -rf "$root"
