@@ -299,3 +299,56 @@ async fn sigterm_reaches_the_command_and_the_lock_is_free_after() {
     let json = String::from_utf8_lossy(&status.stdout);
     assert!(json.contains("\"reading\":\"free\""), "{json}");
 }
+
+/// Waiting with no limit while too few nodes answer is said on stderr, not
+/// a silent hang, and SIGTERM still ends it at once although the nodes
+/// that do not answer keep their clean-ups pending.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_that_do_not_answer_are_said_and_sigterm_still_exits_at_once() {
+    let Some((urls, _cluster)) = support::nodes(1) else {
+        return;
+    };
+    let name = unique("silent");
+    // Two addresses nobody listens on, and one real node: no quorum.
+    let nodes = [
+        "redis://127.0.0.1:1",
+        "redis://127.0.0.1:2",
+        urls[0].as_str(),
+    ];
+    let mut run = Command::new(BIN)
+        .env("QUORUMLOCK_NODES", nodes.join(","))
+        .args(["run", &name, "--", "true"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = run.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    let line = rx.recv_timeout(Duration::from_secs(15));
+    let said = matches!(&line, Ok(l) if l.contains("still waiting")
+        && l.contains("too few Redis nodes answered"));
+    if !said || run.try_wait().unwrap().is_some() {
+        // A waiting child would outlive the test and hold its output open.
+        let _ = run.kill();
+        panic!("no line on stderr while too few nodes answer, or no wait: {line:?}");
+    }
+
+    let pid = run.id().to_string();
+    let sent = Instant::now();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let code = exit_within(&mut run, Duration::from_secs(1));
+    assert_eq!(code, 143, "stopped waiting at once ({:?})", sent.elapsed());
+    support::no_key_anywhere(&urls, &name, Duration::from_secs(1)).await;
+}

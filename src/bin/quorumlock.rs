@@ -7,7 +7,7 @@
 //! library's own, covered by its tests.
 
 use std::process::ExitCode;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use clap::{Args, Parser, Subcommand};
 use nix::sys::signal::{killpg, Signal};
@@ -23,6 +23,13 @@ const HELD: u8 = 75;
 const LOST: u8 = 76;
 /// Exit status when too few nodes answered.
 const UNAVAILABLE: u8 = 69;
+
+/// How long a signal that stopped the wait gives the clean-ups.
+const SIGNAL_SETTLE: Duration = Duration::from_millis(500);
+
+/// Without `--wait`, the wait goes in rounds this long; after a round in
+/// which too few nodes answered, a line on stderr says so.
+const WAIT_ROUND: Duration = Duration::from_secs(5);
 /// Exit status for bad usage or configuration (and refusals an operator
 /// must fix: wrong password, missing ACL permission).
 const USAGE: u8 = 64;
@@ -77,7 +84,8 @@ struct Run {
     #[arg(long, default_value = "30s", value_parser = duration)]
     ttl: Duration,
     /// Give up after waiting this long for the lock (default: wait as long
-    /// as it takes, as flock does).
+    /// as it takes, as flock does; while too few nodes answer, a line on
+    /// stderr says so).
     #[arg(long, value_parser = duration, conflicts_with = "no_wait")]
     wait: Option<Duration>,
     /// Fail at once when the lock is held elsewhere.
@@ -209,10 +217,15 @@ fn fail(e: &Error) -> u8 {
 }
 
 async fn run_command(run: Run) -> u8 {
+    // Waiting without a limit goes in rounds, so that nodes that do not
+    // answer are said on stderr instead of leaving a silent hang.
+    let forever = !run.no_wait && run.wait.is_none();
     let retry = if run.no_wait {
         RetryPolicy::none()
     } else {
-        RetryPolicy::new().attempts(u32::MAX).max_wait(run.wait)
+        RetryPolicy::new()
+            .attempts(u32::MAX)
+            .max_wait(run.wait.or(Some(WAIT_ROUND)))
     };
     let redlock = match manager(&run.nodes, run.fencing, retry).await {
         Ok(redlock) => redlock,
@@ -230,9 +243,26 @@ async fn run_command(run: Run) -> u8 {
         }
     };
     let acquire = async {
-        match run.permits {
-            Some(permits) => redlock.semaphore(&run.name, permits).acquire(run.ttl).await,
-            None => redlock.acquire(&run.name, run.ttl).await,
+        let started = Instant::now();
+        let mut said = false;
+        loop {
+            let got = match run.permits {
+                Some(permits) => redlock.semaphore(&run.name, permits).acquire(run.ttl).await,
+                None => redlock.acquire(&run.name, run.ttl).await,
+            };
+            match got {
+                // Once per stretch of rounds without enough nodes.
+                Err(e) if forever && e.is_retryable() => {
+                    if e.is_unavailable() && !said {
+                        eprintln!(
+                            "quorumlock: still waiting after {} s: {e}",
+                            started.elapsed().as_secs()
+                        );
+                    }
+                    said = e.is_unavailable();
+                }
+                got => return got,
+            }
         }
     };
     // While waiting, a signal stops the wait: the attempt is dropped (the
@@ -251,7 +281,9 @@ async fn run_command(run: Run) -> u8 {
             return code;
         }
         Err(sig) => {
-            redlock.settle(Duration::from_secs(2)).await;
+            // Exit at once: clean-ups on answering nodes take a round trip;
+            // what a node that does not answer may hold expires with the TTL.
+            redlock.settle(SIGNAL_SETTLE).await;
             return 128u8.saturating_add(sig as u8);
         }
     };
