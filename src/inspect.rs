@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::error::FailureKind;
+use crate::error::{FailureKind, InUse};
 use crate::quorum::{self, Reply};
 use crate::redlock::{require_runtime, Inner, Redlock};
 use crate::Error;
@@ -17,6 +17,44 @@ pub struct Inspection {
     key: String,
     nodes: Vec<NodeView>,
     reading: Reading,
+    in_use: Option<InUse>,
+}
+
+/// What the name's key should hold for the kind of lock inspected.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Named {
+    /// Nothing, or a holder's token: the name's key is the lock's key.
+    Mutex,
+    /// Nothing, or the record of a semaphore of this many permits.
+    Semaphore(u32),
+    /// Nothing, or the record of a read-write lock.
+    RwLock,
+}
+
+impl Named {
+    /// What the name is used as instead, from its key's type and value on
+    /// one node (`inspect.lua`: a hash's value is "kind permits").
+    fn conflict(self, kind: &str, value: &str) -> Option<InUse> {
+        let mut fields = value.split(' ');
+        let recorded = (fields.next().unwrap_or(""), fields.next().unwrap_or(""));
+        let found = match (kind, recorded) {
+            ("none", _) => return None,
+            ("string", _) => InUse::Mutex,
+            ("hash", ("semaphore", permits)) => InUse::Semaphore(permits.parse().unwrap_or(0)),
+            ("hash", ("rwlock", _)) => {
+                if matches!(self, Named::RwLock) {
+                    return None;
+                }
+                InUse::OtherKind
+            }
+            _ => InUse::OtherKind,
+        };
+        match (self, found) {
+            (Named::Mutex, InUse::Mutex) => None,
+            (Named::Semaphore(p), InUse::Semaphore(n)) if p == n => None,
+            _ => Some(found),
+        }
+    }
 }
 
 impl Inspection {
@@ -28,6 +66,15 @@ impl Inspection {
     /// What each node said, in node order.
     pub fn nodes(&self) -> &[NodeView] {
         &self.nodes
+    }
+
+    /// What the name is used as on some node that answered, when that is
+    /// not the kind inspected (a semaphore where a mutex was asked for, a
+    /// semaphore of another permit count, ...): locking it as this kind
+    /// then fails with [`Error::NameInUse`](crate::Error::NameInUse) or a
+    /// `WRONGTYPE` refusal, while the holders above are only this kind's.
+    pub fn in_use(&self) -> Option<InUse> {
+        self.in_use
     }
 
     /// What a quorum of nodes agrees on.
@@ -114,13 +161,22 @@ impl Redlock {
     pub async fn inspect(&self, resource: &str) -> Result<Inspection, Error> {
         require_runtime()?;
         let key = self.checked_key(resource)?;
-        Ok(self.inspect_keys(key.to_string(), Arc::from([key])).await)
+        Ok(self.inspect_keys(Named::Mutex, key, &[]).await)
     }
 
-    /// [`inspect`] of `keys`, reported under `key`.
-    pub(crate) async fn inspect_keys(&self, key: String, keys: Arc<[Arc<str>]>) -> Inspection {
+    /// [`inspect`] of the name's key `key`, then of `keys`, reported
+    /// under `key`.
+    pub(crate) async fn inspect_keys(
+        &self,
+        named: Named,
+        key: Arc<str>,
+        keys: &[Arc<str>],
+    ) -> Inspection {
         let limit = crate::builder::health_limit(self.inner.node_timeout);
-        inspect(&self.inner, key, keys, limit).await
+        let all: Arc<[Arc<str>]> = std::iter::once(key.clone())
+            .chain(keys.iter().cloned())
+            .collect();
+        inspect(&self.inner, named, key.to_string(), all, limit).await
     }
 }
 
@@ -131,10 +187,14 @@ type Seen = Vec<Result<Vec<(String, i64)>, FailureKind>>;
 /// Reads `keys` on every node, waiting at most `limit` for answers.
 async fn inspect(
     inner: &Arc<Inner>,
+    named: Named,
     key: String,
     keys: Arc<[Arc<str>]>,
     limit: Duration,
 ) -> Inspection {
+    // The name's key comes first; it holds a holder only for a mutex.
+    let skip = usize::from(!matches!(named, Named::Mutex));
+    let mut in_use = None;
     let mut calls: crate::fanout::Fanout<_> = (0..inner.nodes.len())
         .map(|i| {
             let (inner, keys) = (inner.clone(), keys.clone());
@@ -146,11 +206,17 @@ async fn inspect(
         use futures::StreamExt;
         while let Some((i, answer)) = calls.next().await {
             seen[i] = match answer {
-                Ok(entries) => Ok(entries
-                    .into_iter()
-                    .filter(|(kind, _, _)| kind == "string")
-                    .map(|(_, value, ttl)| (value, ttl))
-                    .collect()),
+                Ok(entries) => {
+                    if let Some((kind, value, _)) = entries.first() {
+                        in_use = in_use.or(named.conflict(kind, value));
+                    }
+                    Ok(entries
+                        .into_iter()
+                        .skip(skip)
+                        .filter(|(kind, _, _)| kind == "string")
+                        .map(|(_, value, ttl)| (value, ttl))
+                        .collect())
+                }
                 Err(Reply::Fail(kind, _)) => Err(kind),
                 Err(_) => Err(FailureKind::Other),
             };
@@ -176,6 +242,7 @@ async fn inspect(
         key,
         nodes,
         reading: reading(&seen),
+        in_use,
     }
 }
 

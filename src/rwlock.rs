@@ -33,7 +33,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::error::{Error, InUse};
-use crate::inspect::Inspection;
+use crate::inspect::{Inspection, Named};
 use crate::lock::Lock;
 use crate::redlock::{attempt_as, fence_key, Keys, Redlock};
 use crate::slots;
@@ -274,8 +274,11 @@ impl RwLock {
     pub async fn inspect(&self) -> Result<Inspection, Error> {
         crate::redlock::require_runtime()?;
         let keys = self.keys()?;
-        let look: Keys = Arc::from([keys[1].clone(), keys[3].clone()]);
-        Ok(self.redlock.inspect_keys(keys[0].to_string(), look).await)
+        let look = [keys[1].clone(), keys[3].clone()];
+        Ok(self
+            .redlock
+            .inspect_keys(Named::RwLock, keys[0].clone(), &look)
+            .await)
     }
 
     fn keys(&self) -> Result<&[Arc<str>; 4], Error> {

@@ -28,7 +28,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::error::{Error, InUse};
-use crate::inspect::Inspection;
+use crate::inspect::{Inspection, Named};
 use crate::lock::Lock;
 use crate::quorum::{Reply, Standing};
 use crate::redlock::{attempt, Failed, Keys, Plan, Redlock};
@@ -185,7 +185,11 @@ impl Semaphore {
         let key = self.key()?;
         Ok(self
             .redlock
-            .inspect_keys(key.to_string(), self.shared.all.clone())
+            .inspect_keys(
+                Named::Semaphore(self.permits),
+                key.clone(),
+                &self.shared.all,
+            )
             .await)
     }
 

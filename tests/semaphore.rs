@@ -295,3 +295,72 @@ async fn with_a_node_down_a_held_permit_does_not_hide_a_free_one() {
     }
     held.release().await.unwrap();
 }
+
+/// `inspect` says when a name is recorded as another kind of lock, or as a
+/// semaphore of another count, instead of reading it as free.
+#[tokio::test]
+async fn inspect_says_what_else_a_name_is_used_as() {
+    let Some((urls, _cluster)) = support::nodes(3) else {
+        return;
+    };
+    let redlock = manager(&urls).await;
+    let name = unique("in-use");
+    redlock
+        .semaphore(&name, 2)
+        .try_acquire(TTL)
+        .await
+        .unwrap()
+        .release()
+        .await
+        .unwrap();
+    assert_eq!(
+        redlock
+            .semaphore(&name, 2)
+            .inspect()
+            .await
+            .unwrap()
+            .in_use(),
+        None
+    );
+    for seen in [
+        redlock.inspect(&name).await.unwrap(),
+        redlock.semaphore(&name, 3).inspect().await.unwrap(),
+        redlock.rw_lock(&name).inspect().await.unwrap(),
+    ] {
+        assert_eq!(seen.in_use(), Some(InUse::Semaphore(2)), "{seen:?}");
+        assert_eq!(seen.reading(), &Reading::Free);
+    }
+
+    // A mutex held under a name: a semaphore or read-write lock of that
+    // name sees it; the mutex itself sees its holder and nothing else.
+    let mutex = unique("mutex");
+    let lock = redlock.try_acquire(&mutex, TTL).await.unwrap();
+    let seen = redlock.inspect(&mutex).await.unwrap();
+    assert_eq!(seen.in_use(), None);
+    assert_eq!(
+        seen.reading(),
+        &Reading::Held(vec![lock.token().to_string()])
+    );
+    for seen in [
+        redlock.semaphore(&mutex, 2).inspect().await.unwrap(),
+        redlock.rw_lock(&mutex).inspect().await.unwrap(),
+    ] {
+        assert_eq!(seen.in_use(), Some(InUse::Mutex), "{seen:?}");
+        assert_eq!(seen.reading(), &Reading::Free, "no permit, no writer");
+    }
+    lock.release().await.unwrap();
+
+    // A read-write lock's record.
+    let rw = unique("rw");
+    redlock
+        .rw_lock(&rw)
+        .try_read(TTL)
+        .await
+        .unwrap()
+        .release()
+        .await
+        .unwrap();
+    assert_eq!(redlock.rw_lock(&rw).inspect().await.unwrap().in_use(), None);
+    let seen = redlock.inspect(&rw).await.unwrap();
+    assert_eq!(seen.in_use(), Some(InUse::OtherKind), "{seen:?}");
+}

@@ -411,6 +411,9 @@ async fn show_status(status: Status) -> u8 {
         Reading::Held(tokens) => println!("quorum: held by {}", tokens.join(", ")),
         _ => println!("quorum: unknown"),
     }
+    if let Some(other) = seen.in_use() {
+        println!("name in use as {other}: `run` with these options is refused");
+    }
     0
 }
 
@@ -445,8 +448,11 @@ fn json(seen: &quorumlock::Inspection) -> String {
         })
         .collect();
     let holders: Vec<String> = holders.iter().map(|t| quote(t)).collect();
+    let in_use = seen
+        .in_use()
+        .map_or("null".to_string(), |other| quote(&other.to_string()));
     format!(
-        "{{\"key\":{},\"reading\":\"{reading}\",\"holders\":[{}],\"nodes\":[{}]}}",
+        "{{\"key\":{},\"reading\":\"{reading}\",\"holders\":[{}],\"in_use\":{in_use},\"nodes\":[{}]}}",
         quote(seen.key()),
         holders.join(","),
         nodes.join(",")
