@@ -10,6 +10,6 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 cargo test --all-features "$@"
 if [ "$#" -eq 0 ]; then
-    cargo test --features tls-rustls --test tls --test tls_system_roots
+    cargo test --features tls-rustls,cli --test tls --test tls_system_roots
     cargo test --features tls-native-tls --test tls --test tls_system_roots
 fi

@@ -59,4 +59,27 @@ fn rediss_urls_with_the_system_roots() {
             assert!(again.is_contended(), "{again}");
             lock.release().await.unwrap();
         });
+
+    // The command, installed with `--features cli` alone, reaches the same
+    // nodes: TLS comes with it, and `SSL_CERT_FILE` names a private CA.
+    #[cfg(feature = "cli")]
+    {
+        let nodes = nodes.urls().join(",");
+        let name = support::unique("tls-cli");
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_quorumlock"))
+            .args(["run", "--nodes", &nodes, &name, "--", "sh", "-c"])
+            .arg("echo \"$QUORUMLOCK_TOKEN\"")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{stderr}");
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim().len(), 32);
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_quorumlock"))
+            .args(["status", "--nodes", &nodes, &name])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0));
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(stdout.contains("quorum: free"), "{stdout}");
+    }
 }
