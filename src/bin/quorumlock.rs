@@ -64,7 +64,8 @@ enum Command {
 
 #[derive(Args)]
 struct Nodes {
-    /// The Redis nodes (independent masters), comma-separated.
+    /// The Redis nodes (independent masters), comma-separated: redis:// or
+    /// rediss:// (TLS; a private CA in SSL_CERT_FILE).
     #[arg(long, env = "QUORUMLOCK_NODES", value_delimiter = ',', required = true)]
     nodes: Vec<String>,
     /// Put in front of NAME to form the Redis key.
