@@ -352,3 +352,26 @@ async fn nodes_that_do_not_answer_are_said_and_sigterm_still_exits_at_once() {
     assert_eq!(code, 143, "stopped waiting at once ({:?})", sent.elapsed());
     support::no_key_anywhere(&urls, &name, Duration::from_secs(1)).await;
 }
+
+/// Node addresses may carry a password: `--help` does not show the
+/// environment's value, and neither do the error messages.
+#[test]
+fn passwords_in_node_addresses_are_not_printed() {
+    let nodes = "redis://:hunter2-secret@127.0.0.1:1";
+    for args in [
+        vec!["run", "--help"],
+        vec!["run", "--no-wait", "x", "--", "true"],
+    ] {
+        let out = Command::new(BIN)
+            .args(&args)
+            .env("QUORUMLOCK_NODES", nodes)
+            .output()
+            .unwrap();
+        let printed = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(!printed.contains("hunter2"), "{args:?}: {printed}");
+    }
+}

@@ -66,7 +66,13 @@ enum Command {
 struct Nodes {
     /// The Redis nodes (independent masters), comma-separated: redis:// or
     /// rediss:// (TLS; a private CA in SSL_CERT_FILE).
-    #[arg(long, env = "QUORUMLOCK_NODES", value_delimiter = ',', required = true)]
+    #[arg(
+        long,
+        env = "QUORUMLOCK_NODES",
+        hide_env_values = true,
+        value_delimiter = ',',
+        required = true
+    )]
     nodes: Vec<String>,
     /// Put in front of NAME to form the Redis key.
     #[arg(long, default_value = "")]
