@@ -36,17 +36,13 @@ impl Named {
     /// one node (`inspect.lua`: a hash's value is "kind permits").
     fn conflict(self, kind: &str, value: &str) -> Option<InUse> {
         let mut fields = value.split(' ');
-        let recorded = (fields.next().unwrap_or(""), fields.next().unwrap_or(""));
-        let found = match (kind, recorded) {
+        let found = match (kind, fields.next()) {
             ("none", _) => return None,
             ("string", _) => InUse::Mutex,
-            ("hash", ("semaphore", permits)) => InUse::Semaphore(permits.parse().unwrap_or(0)),
-            ("hash", ("rwlock", _)) => {
-                if matches!(self, Named::RwLock) {
-                    return None;
-                }
-                InUse::OtherKind
+            ("hash", Some("semaphore")) => {
+                InUse::Semaphore(fields.next().and_then(|p| p.parse().ok()).unwrap_or(0))
             }
+            ("hash", Some("rwlock")) if matches!(self, Named::RwLock) => return None,
             _ => InUse::OtherKind,
         };
         match (self, found) {

@@ -192,11 +192,7 @@ impl Redlock {
         if let [resource] = resources {
             // One resource: no list to build.
             let key = self.checked_key(resource)?;
-            let fence = self.inner.fencing.then(|| fence_key(&key));
-            slots::check(
-                self.inner.sharded,
-                [&*key].into_iter().chain(fence.as_deref()),
-            )?;
+            slots::check(self.inner.sharded, [&*key], self.inner.fencing)?;
             return Ok(Arc::from([key]));
         }
         let mut keys: Vec<Arc<str>> = Vec::with_capacity(resources.len());
@@ -207,14 +203,11 @@ impl Redlock {
         if !keys.iter().all(|k| seen.insert(&**k)) {
             return Err(Error::InvalidInput("a resource is named twice"));
         }
-        if self.inner.sharded {
-            let fences: Vec<Arc<str>> = if self.inner.fencing {
-                keys.iter().map(|k| fence_key(k)).collect()
-            } else {
-                Vec::new()
-            };
-            slots::check(true, keys.iter().chain(&fences).map(|k| &**k))?;
-        }
+        slots::check(
+            self.inner.sharded,
+            keys.iter().map(|k| &**k),
+            self.inner.fencing,
+        )?;
         Ok(keys.into())
     }
 

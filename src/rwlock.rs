@@ -125,24 +125,22 @@ impl Redlock {
     /// kind, `{name}:writer`, `{name}:intent`, `{name}:readers` and one
     /// `{name}:reader:<id>` per reader (`name` keeps its own hash tag).
     pub fn rw_lock(&self, name: &str) -> RwLock {
-        let keys = self.checked_key(name).map_err(|e| match e {
-            Error::InvalidInput(why) => why,
-            _ => "invalid read-write lock name",
-        });
-        let keys = keys.and_then(|key| {
-            let tag = slots::tagged(&key);
-            let keys: [Arc<str>; 4] = [
-                key,
-                Arc::from(format!("{tag}:writer")),
-                Arc::from(format!("{tag}:intent")),
-                Arc::from(format!("{tag}:readers")),
-            ];
-            match slots::check(self.inner.sharded, keys.iter().map(|k| &**k)) {
-                Ok(()) => Ok(keys),
-                Err(Error::InvalidInput(why)) => Err(why),
-                Err(_) => Err("invalid read-write lock name"),
-            }
-        });
+        let keys = self
+            .checked_key(name)
+            .and_then(|key| slots::check(self.inner.sharded, [&*key], true).map(|()| key))
+            .map_err(|e| match e {
+                Error::InvalidInput(why) => why,
+                _ => "invalid read-write lock name",
+            })
+            .map(|key| {
+                let tag = slots::tagged(&key);
+                [
+                    key,
+                    Arc::from(format!("{tag}:writer")),
+                    Arc::from(format!("{tag}:intent")),
+                    Arc::from(format!("{tag}:readers")),
+                ]
+            });
         RwLock {
             redlock: self.clone(),
             name: name.to_string(),

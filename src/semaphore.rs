@@ -95,7 +95,7 @@ impl Redlock {
     /// by the semaphore's calls as [`Error::InvalidInput`].
     pub fn semaphore(&self, name: &str, permits: u32) -> Semaphore {
         let key = self.checked_key(name).and_then(|key| {
-            slots::check(self.inner.sharded, [&*key, &*slot_key(&key, 0)])?;
+            slots::check(self.inner.sharded, [&*key], true)?;
             Ok(key)
         });
         let slots: Vec<Keys> = match &key {

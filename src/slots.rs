@@ -28,33 +28,46 @@ fn has_tag(key: &str) -> bool {
         .is_some_and(|len| len > 0)
 }
 
-/// Whether `keys` (a lock's keys, then their companions) all hash to one
-/// cluster slot. `Ok` without looking when no node is a cluster.
+/// Whether [`tagged`] keeps companions of `key` in its slot: yes unless
+/// the key holds a `}` but no hash tag.
+fn taggable(key: &str) -> bool {
+    has_tag(key) || !key.contains('}')
+}
+
+/// Checks that `keys`, the keys of one lock, share one cluster slot, and,
+/// with `companions` (fence counters, permits, a read-write lock's keys),
+/// that companions named by [`tagged`] share it too. `Ok` without looking
+/// when no node is a cluster (never, without the feature `cluster`).
 pub(crate) fn check<'a>(
     sharded: bool,
     keys: impl IntoIterator<Item = &'a str>,
+    companions: bool,
 ) -> Result<(), crate::Error> {
     if !sharded {
         return Ok(());
     }
+    let mut keys = keys.into_iter();
+    let Some(first) = keys.next() else {
+        return Ok(());
+    };
     #[cfg(feature = "cluster")]
-    {
+    let same = {
         use redis::cluster_routing::Slot;
-        let mut keys = keys.into_iter();
-        if let Some(first) = keys.next() {
-            let slot = Slot::for_key(first);
-            if keys.any(|k| Slot::for_key(k) != slot) {
-                return Err(crate::Error::InvalidInput(
-                    "on Redis Cluster nodes every key of one lock must share a slot: give a \
-                     set's resources one hash tag (`{order:42}:payment`, `{order:42}:stock`), \
-                     and a name containing `}` a hash tag of its own",
-                ));
-            }
-        }
-    }
+        let slot = Slot::for_key(first);
+        move |key: &str| Slot::for_key(key) == slot
+    };
     #[cfg(not(feature = "cluster"))]
-    drop(keys.into_iter());
-    Ok(())
+    let same = |_: &str| true;
+    let fits = |key: &str| !companions || taggable(key);
+    if fits(first) && keys.all(|key| same(key) && fits(key)) {
+        Ok(())
+    } else {
+        Err(crate::Error::InvalidInput(
+            "on Redis Cluster nodes every key of one lock must share a slot: give a \
+             set's resources one hash tag (`{order:42}:payment`, `{order:42}:stock`), \
+             and a name containing `}` a hash tag of its own",
+        ))
+    }
 }
 
 #[cfg(test)]
@@ -73,19 +86,23 @@ mod tests {
     #[cfg(feature = "cluster")]
     #[test]
     fn companions_share_the_slot_or_are_refused() {
+        use super::check;
         use redis::cluster_routing::Slot;
         for key in ["jobs", "{order:42}:payment", "a{b", "x{y}z", "{{a}}"] {
             let companion = format!("{}:writer", tagged(key));
             assert_eq!(Slot::for_key(key), Slot::for_key(&companion), "{key}");
-            assert!(super::check(true, [key, companion.as_str()]).is_ok());
+            assert!(check(true, [key], true).is_ok(), "{key}");
         }
         for key in ["a}b", "{}x", "}{"] {
             let companion = format!("{}:writer", tagged(key));
-            assert!(
-                super::check(true, [key, companion.as_str()]).is_err(),
-                "{key}"
-            );
-            assert!(super::check(false, [key, companion.as_str()]).is_ok());
+            assert_ne!(Slot::for_key(key), Slot::for_key(&companion), "{key}");
+            assert!(check(true, [key], true).is_err(), "{key}");
+            // Without companions, or without cluster nodes, it is fine.
+            assert!(check(true, [key], false).is_ok(), "{key}");
+            assert!(check(false, [key], true).is_ok(), "{key}");
         }
+        // A set: one hash tag, or refused.
+        assert!(check(true, ["{o}:a", "{o}:b"], true).is_ok());
+        assert!(check(true, ["a", "b"], false).is_err());
     }
 }

@@ -43,6 +43,17 @@ fn line_in(path: &PathBuf, prefix: &str, limit: Duration) -> String {
 }
 
 /// Waits for `child` at most `limit`; its exit code.
+/// Sends SIGTERM to `child`, as a service manager would; returns when.
+fn sigterm(child: &std::process::Child) -> Instant {
+    let sent = Instant::now();
+    assert!(Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success());
+    sent
+}
+
 fn exit_within(child: &mut std::process::Child, limit: Duration) -> i32 {
     let deadline = Instant::now() + limit;
     loop {
@@ -186,13 +197,7 @@ async fn sigterm_while_waiting_exits_at_once_and_leaves_nothing() {
         async move { support::subscribers(&url, &channel).await > 0 }
     })
     .await;
-    let pid = run.id().to_string();
-    let sent = Instant::now();
-    assert!(Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap()
-        .success());
+    let sent = sigterm(&run);
     let code = exit_within(&mut run, Duration::from_secs(1));
     assert_eq!(code, 143, "stopped waiting at once ({:?})", sent.elapsed());
     lock.release().await.unwrap();
@@ -277,12 +282,7 @@ async fn sigterm_reaches_the_command_and_the_lock_is_free_after() {
         .spawn()
         .unwrap();
     line_in(&out, "started", Duration::from_secs(10));
-    let pid = run.id().to_string();
-    assert!(Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap()
-        .success());
+    sigterm(&run);
     assert_eq!(
         exit_within(&mut run, Duration::from_secs(5)),
         7,
@@ -341,13 +341,7 @@ async fn nodes_that_do_not_answer_are_said_and_sigterm_still_exits_at_once() {
         panic!("no line on stderr while too few nodes answer, or no wait: {line:?}");
     }
 
-    let pid = run.id().to_string();
-    let sent = Instant::now();
-    assert!(Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap()
-        .success());
+    let sent = sigterm(&run);
     let code = exit_within(&mut run, Duration::from_secs(1));
     assert_eq!(code, 143, "stopped waiting at once ({:?})", sent.elapsed());
     support::no_key_anywhere(&urls, &name, Duration::from_secs(1)).await;

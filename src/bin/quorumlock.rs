@@ -23,6 +23,11 @@ const HELD: u8 = 75;
 const LOST: u8 = 76;
 /// Exit status when too few nodes answered.
 const UNAVAILABLE: u8 = 69;
+/// Exit status for bad usage or configuration (and refusals an operator
+/// must fix: wrong password, missing ACL permission).
+const USAGE: u8 = 64;
+/// Exit status when the command could not be started.
+const NOT_STARTED: u8 = 127;
 
 /// How long a signal that stopped the wait gives the clean-ups.
 const SIGNAL_SETTLE: Duration = Duration::from_millis(500);
@@ -30,11 +35,6 @@ const SIGNAL_SETTLE: Duration = Duration::from_millis(500);
 /// Without `--wait`, the wait goes in rounds this long; after a round in
 /// which too few nodes answered, a line on stderr says so.
 const WAIT_ROUND: Duration = Duration::from_secs(5);
-/// Exit status for bad usage or configuration (and refusals an operator
-/// must fix: wrong password, missing ACL permission).
-const USAGE: u8 = 64;
-/// Exit status when the command could not be started.
-const NOT_STARTED: u8 = 127;
 
 const EXIT_CODES: &str = "\
 Exit status:
