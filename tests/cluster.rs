@@ -192,10 +192,10 @@ async fn sets_and_fences_share_a_slot() {
 /// with one node fewer than counted on. It is refused before any I/O.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cluster_among_single_servers_checks_slots_too() {
-    let cluster = RedisCluster::start(3, 0);
     let Some(servers) = support::cluster(2) else {
         return;
     };
+    let cluster = RedisCluster::start(3, 0);
     let redlock = Redlock::builder()
         .cluster_node(cluster.seeds())
         .nodes(servers.urls())
