@@ -11,6 +11,7 @@ pub mod docker;
 pub mod proxy;
 pub mod redis_cluster;
 pub mod scenarios;
+pub mod sick;
 pub mod tls;
 pub mod witness;
 
