@@ -170,6 +170,8 @@ pub struct Builder {
     drift_floor: Duration,
     key_prefix: String,
     fencing: bool,
+    stop_margin: Option<Duration>,
+    release_timeout: Duration,
 }
 
 impl Default for Builder {
@@ -183,6 +185,8 @@ impl Default for Builder {
             drift_floor: Duration::from_millis(2),
             key_prefix: String::new(),
             fencing: false,
+            stop_margin: None,
+            release_timeout: Duration::from_secs(1),
         }
     }
 }
@@ -434,6 +438,29 @@ impl Builder {
         self
     }
 
+    /// The time a holder's work needs to stop once told, for every lock of
+    /// this manager: a lock that cannot be extended fires
+    /// [`Lock::lost`](crate::Lock::lost) this long before its deadline (aimed
+    /// a little earlier still), and a TTL must be longer than this plus the
+    /// node timeout and the drift allowance. A lock's own
+    /// [`KeepAlive::stop_margin`](crate::KeepAlive::stop_margin) overrides
+    /// it. Default: a tenth of each lock's TTL (1 s of a 10 s lock).
+    pub fn stop_margin(mut self, margin: Duration) -> Self {
+        self.stop_margin = Some(margin);
+        self
+    }
+
+    /// How long [`Lock::release`](crate::Lock::release) waits for a quorum of
+    /// nodes to confirm their deletes. A release returns as soon as a
+    /// quorum confirmed; this is only how long a slow node is waited for
+    /// (on a busy machine a delete can answer after the node timeout, and
+    /// it still counts). Deletes still out then go on in the background.
+    /// Never shorter than the node timeout. Default: 1 s.
+    pub fn release_timeout(mut self, timeout: Duration) -> Self {
+        self.release_timeout = timeout;
+        self
+    }
+
     /// Checks the settings and opens a connection to each node, returning as
     /// soon as a quorum answered (at most the connect timeout). A node that
     /// is down does not fail the build: it counts as unknown until it answers.
@@ -522,6 +549,8 @@ impl Builder {
             drift_floor: self.drift_floor,
             key_prefix: self.key_prefix,
             fencing: self.fencing,
+            stop_margin: self.stop_margin,
+            release_timeout: self.release_timeout,
             sharded,
             background: Arc::default(),
             wakeups: Arc::new(Wakeups::new(

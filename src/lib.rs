@@ -59,6 +59,7 @@
 mod backoff;
 mod builder;
 mod cleanup;
+mod clock;
 mod error;
 mod fanout;
 pub mod guide;

@@ -14,14 +14,31 @@ use tokio::sync::Notify;
 use crate::link::lock;
 
 use crate::cleanup::{delete_on, in_flight, still_out, Cleanup, InFlight};
+use crate::clock;
 use crate::error::{FailureKind, LossCause};
 use crate::quorum::{self, Decision, Reply};
 use crate::redlock::{Inner, Keys};
 use crate::Error;
 
-/// The signal fires this long before the deadline, so it is never late
-/// (tokio's timers round up to the next millisecond).
-const LOST_MARGIN: Duration = Duration::from_millis(2);
+/// How much earlier than its stop point the lost signal is aimed, for a
+/// stop margin of `margin`: tokio's timers round up to the next
+/// millisecond, and on a busy machine a woken task waits for a core. An
+/// eighth of the margin, 1 to 10 ms, plus the millisecond of rounding.
+fn timer_slack(margin: Duration) -> Duration {
+    (margin / 8).clamp(Duration::from_millis(1), Duration::from_millis(10))
+        + Duration::from_millis(1)
+}
+
+/// How often a waiting `lost()` reads the clocks again: a suspend moves
+/// its stop point earlier without waking its timer (see [`clock`]).
+const SUSPEND_CHECK: Duration = Duration::from_secs(1);
+
+/// The first instant at or after `at - by` that can be represented.
+fn before(at: Instant, by: Duration) -> Instant {
+    // Only an `Instant` near the clock's origin cannot go back: the
+    // signal is then due at once.
+    at.checked_sub(by).unwrap_or_else(Instant::now)
+}
 
 /// Where a lock stands; published to guards and the keep-alive task.
 #[derive(Debug, Clone, Copy)]
@@ -35,6 +52,31 @@ struct Status {
     released: bool,
     /// Why it was lost, once it was.
     cause: Option<LossCause>,
+    /// The time the holder needs to stop its work (see
+    /// [`KeepAlive::stop_margin`]); `None`: a tenth of the TTL.
+    margin: Option<Duration>,
+    /// [`clock::suspended`] when `deadline` was set.
+    suspended: Duration,
+}
+
+impl Status {
+    fn stop_margin(&self) -> Duration {
+        self.margin.unwrap_or(self.ttl / 10)
+    }
+
+    /// The deadline, moved earlier by any suspend since it was set: the
+    /// nodes' clocks ran on while ours stood still.
+    fn deadline(&self) -> Instant {
+        before(self.deadline, clock::slept_since(self.suspended))
+    }
+
+    /// When the holder is told to stop: the stop margin before the
+    /// deadline, less the timer slack, so that `lost()` completes by
+    /// `deadline - margin` even when its timer runs late.
+    fn stop_at(&self) -> Instant {
+        let margin = self.stop_margin();
+        before(self.deadline(), margin.saturating_add(timer_slack(margin)))
+    }
 }
 
 /// State shared by a lock, its guards and its keep-alive task.
@@ -88,7 +130,8 @@ impl Shared {
         tokio::pin!(settled);
         settled.as_mut().enable();
         if !self.settled.load(Ordering::Acquire) {
-            let _ = tokio::time::timeout(self.inner.node_timeout, settled).await;
+            let wait = self.inner.release_timeout.max(self.inner.node_timeout);
+            let _ = tokio::time::timeout(wait, settled).await;
         }
         self.deleted.load(Ordering::Acquire) & (1u64 << node) != 0
     }
@@ -107,12 +150,12 @@ impl Shared {
 
     fn is_held(&self) -> bool {
         let s = self.status();
-        !s.lost && !s.released && Instant::now() < s.deadline
+        !s.lost && !s.released && Instant::now() < s.stop_at()
     }
 
     fn remaining(&self) -> Duration {
         self.status()
-            .deadline
+            .stop_at()
             .saturating_duration_since(Instant::now())
     }
 
@@ -172,12 +215,16 @@ impl Shared {
     async fn extend_once(&self, ttl: Duration, wait: Option<Duration>) -> Result<(), Error> {
         let plan = self.inner.plan(ttl)?;
         let _one_at_a_time = self.extending.lock().await;
+        let suspended = clock::suspended();
         let start = tokio::time::Instant::now();
         let current = self.status();
         if current.lost || current.released {
             return Err(self.loss());
         }
-        if start.into_std() >= current.deadline {
+        // Past the stop point the holder has been told to stop: an
+        // extension then would contradict `lost()`.
+        let stop_at = current.stop_at();
+        if start.into_std() >= stop_at {
             return Err(self.lose(0, LossCause::Expired, None));
         }
         let mut calls = self.inner.fan_out(|inner, i| {
@@ -190,8 +237,7 @@ impl Shared {
             }
         });
         let wait = wait.unwrap_or(plan.node_deadline);
-        let deadline =
-            quorum::deadline_in(wait).min(tokio::time::Instant::from_std(current.deadline));
+        let deadline = quorum::deadline_in(wait).min(tokio::time::Instant::from_std(stop_at));
         let tally = self.inner.gather(&mut calls, deadline, wait).await;
         Cleanup::release(
             self.inner.clone(),
@@ -203,7 +249,7 @@ impl Shared {
         .run(self.runtime.as_ref());
 
         let validity = quorum::validity(plan.ttl, start.elapsed(), plan.drift);
-        let in_time = Instant::now() < current.deadline;
+        let in_time = Instant::now() < current.stop_at();
         match (tally.decision(), validity) {
             (Some(Decision::Won), Some(validity)) if in_time => {
                 tracing::debug!(
@@ -216,6 +262,7 @@ impl Shared {
                     s.deadline = (start + validity).into_std();
                     s.validity = validity;
                     s.ttl = plan.ttl;
+                    s.suspended = suspended;
                 });
                 Ok(())
             }
@@ -233,8 +280,9 @@ impl Shared {
         }
     }
 
-    /// Completes when ownership can no longer be guaranteed: the lock was
-    /// lost, released, or its deadline is about to pass.
+    /// Completes when ownership can no longer be guaranteed for the time
+    /// the holder needs to stop: the lock was lost or released, or its stop
+    /// point came (see [`Status::stop_at`]).
     async fn lost(&self) {
         loop {
             // Registered before the status is read: no change is missed.
@@ -245,10 +293,19 @@ impl Shared {
             if s.lost || s.released {
                 return;
             }
-            let fire_at = s.deadline.checked_sub(LOST_MARGIN).unwrap_or(s.deadline);
+            let stop_at = s.stop_at();
+            let now = Instant::now();
+            if now >= stop_at {
+                return;
+            }
+            let wake = if cfg!(target_os = "linux") {
+                stop_at.min(now + SUSPEND_CHECK)
+            } else {
+                stop_at
+            };
             tokio::select! {
                 () = changed => {}
-                () = tokio::time::sleep_until(fire_at.into()) => return,
+                () = tokio::time::sleep_until(wake.into()) => {}
             }
         }
     }
@@ -279,6 +336,7 @@ impl Shared {
 pub struct KeepAlive {
     share_left: f64,
     max_hold: Option<Duration>,
+    stop_margin: Option<Duration>,
 }
 
 impl Default for KeepAlive {
@@ -286,6 +344,7 @@ impl Default for KeepAlive {
         Self {
             share_left: 1.0 / 3.0,
             max_hold: None,
+            stop_margin: None,
         }
     }
 }
@@ -321,6 +380,27 @@ impl KeepAlive {
     #[must_use]
     pub fn max_hold(mut self, limit: Option<Duration>) -> Self {
         self.max_hold = limit;
+        self
+    }
+
+    /// The time the work needs to stop once told: if the lock cannot be
+    /// extended, [`Lock::lost`] completes this long before the deadline
+    /// (aimed a little earlier still, so a late timer is not late), and
+    /// from then on [`Lock::is_held`] is `false` and the keep-alive stops
+    /// trying. Default: the manager's
+    /// [`Builder::stop_margin`](crate::Builder::stop_margin), itself a
+    /// tenth of the TTL unless set. A margin as long as the validity makes
+    /// the lock lost at once.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// // The work needs up to 2 s to reach a safe point and stop.
+    /// let policy = quorumlock::KeepAlive::new().stop_margin(Duration::from_secs(2));
+    /// # let _ = policy;
+    /// ```
+    #[must_use]
+    pub fn stop_margin(mut self, margin: Duration) -> Self {
+        self.stop_margin = Some(margin);
         self
     }
 }
@@ -379,11 +459,16 @@ async fn keep_alive(shared: Arc<Shared>, policy: KeepAlive) {
         if s.lost || s.released {
             return;
         }
-        let due = retry_at.unwrap_or_else(|| {
-            s.deadline
-                .checked_sub(s.validity.mul_f64(policy.share_left))
-                .unwrap_or(s.deadline)
-        });
+        let Ok(plan) = shared.inner.plan(s.ttl) else {
+            return;
+        };
+        // Never later than leaves two node deadlines before the stop
+        // point, whatever the policy's share: an extension confirmed after
+        // it would come too late.
+        let last_chance = before(s.stop_at(), plan.node_deadline.saturating_mul(2));
+        let due = retry_at
+            .unwrap_or_else(|| before(s.deadline(), s.validity.mul_f64(policy.share_left)))
+            .min(last_chance);
         if stop_at.is_some_and(|stop| due >= stop) {
             return;
         }
@@ -394,13 +479,12 @@ async fn keep_alive(shared: Arc<Shared>, policy: KeepAlive) {
                 retry_at = None;
             }
             () = tokio::time::sleep_until(due.into()) => {
-                let Ok(plan) = shared.inner.plan(s.ttl) else { return };
                 let wait = plan.node_deadline.saturating_mul(1u32 << retries.min(16));
-                let left = s.deadline.saturating_duration_since(Instant::now());
-                if left <= LOST_MARGIN {
+                let left = shared.status().stop_at().saturating_duration_since(Instant::now());
+                if left.is_zero() {
                     return; // too late to confirm anything: `lost()` fires
                 }
-                match shared.extend(s.ttl, Some(wait.min(left - LOST_MARGIN))).await {
+                match shared.extend(s.ttl, Some(wait.min(left))).await {
                     Ok(()) => {
                         retries = 0;
                         retry_at = None;
@@ -465,7 +549,7 @@ impl Lock {
         keys: Keys,
         token: Arc<str>,
         ttl: Duration,
-        (deadline, validity): (Instant, Duration),
+        (deadline, validity, suspended): (Instant, Duration, Duration),
         late_sets: Option<InFlight>,
         fence: Option<u64>,
     ) -> Self {
@@ -476,6 +560,8 @@ impl Lock {
             lost: false,
             released: false,
             cause: None,
+            margin: inner.stop_margin,
+            suspended,
         };
         let shared = Shared {
             inner,
@@ -542,17 +628,29 @@ impl Lock {
     }
 
     /// The instant the lock stops being valid: start of the acquire (or
-    /// last extend) plus its validity, drift already subtracted.
+    /// last extend) plus its validity, drift already subtracted (and, on
+    /// Linux, moved earlier by any time the machine was suspended since).
     pub fn deadline(&self) -> Instant {
-        self.shared.status().deadline
+        self.shared.status().deadline()
     }
 
-    /// Time left before [`deadline`](Self::deadline); zero once it passed.
+    /// The time the work is given to stop before the deadline (see
+    /// [`KeepAlive::stop_margin`]).
+    pub fn stop_margin(&self) -> Duration {
+        self.shared.status().stop_margin()
+    }
+
+    /// Time left to work: until [`lost`](Self::lost) fires, at the latest
+    /// the [`stop_margin`](Self::stop_margin) before the
+    /// [`deadline`](Self::deadline); zero from then on.
     pub fn remaining(&self) -> Duration {
         self.shared.remaining()
     }
 
-    /// `false` once the deadline has passed, or the lock was lost.
+    /// `false` once the lock was lost or released, or its stop point came
+    /// (when [`lost`](Self::lost) fires: the
+    /// [`stop_margin`](Self::stop_margin) before the deadline, or a little
+    /// earlier).
     pub fn is_held(&self) -> bool {
         self.shared.is_held()
     }
@@ -565,9 +663,15 @@ impl Lock {
         }
     }
 
-    /// Completes as soon as ownership can no longer be guaranteed: an
-    /// extend was refused, or the deadline is about to pass without one. It
-    /// fires no later than the deadline.
+    /// Completes as soon as ownership can no longer be guaranteed for the
+    /// time the work needs to stop: an extend was refused, or no extension
+    /// came before the stop point. It completes no later than the
+    /// [`stop_margin`](Self::stop_margin) before the deadline (it is aimed
+    /// a little earlier, since timers run late on a busy machine), so the
+    /// work has that margin to stop while the lock is still held. On Linux
+    /// a suspend of the machine counts as time passed: a lock whose keys
+    /// expired while the process slept reads as lost within a second of
+    /// the resume.
     ///
     /// # Example
     /// ```no_run
@@ -591,6 +695,9 @@ impl Lock {
     /// fires), or at the policy's maximum hold time. Calling it again
     /// replaces the policy.
     pub fn keep_alive(&mut self, policy: KeepAlive) {
+        if let Some(margin) = policy.stop_margin {
+            self.shared.update(|s| s.margin = Some(margin));
+        }
         let task = keep_alive(self.shared.clone(), policy);
         let handle = match self.shared.runtime.as_ref() {
             Some(runtime) => runtime.spawn(task),
@@ -803,10 +910,15 @@ impl Guard {
 
     /// The lock's current deadline (it moves with each extension).
     pub fn deadline(&self) -> Instant {
-        self.shared.status().deadline
+        self.shared.status().deadline()
     }
 
-    /// Time left before the current deadline.
+    /// As [`Lock::stop_margin`].
+    pub fn stop_margin(&self) -> Duration {
+        self.shared.status().stop_margin()
+    }
+
+    /// As [`Lock::remaining`]: time left to work.
     pub fn remaining(&self) -> Duration {
         self.shared.remaining()
     }

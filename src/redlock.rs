@@ -35,6 +35,12 @@ pub(crate) struct Inner {
     pub(crate) drift_floor: Duration,
     pub(crate) key_prefix: String,
     pub(crate) fencing: bool,
+    /// Every lock's stop margin (see [`Builder::stop_margin`]); `None`: a
+    /// tenth of its TTL.
+    pub(crate) stop_margin: Option<Duration>,
+    /// How long a release waits for a quorum of its deletes (see
+    /// [`Builder::release_timeout`]).
+    pub(crate) release_timeout: Duration,
     /// Some node is a Redis Cluster: a lock's keys must share a slot.
     pub(crate) sharded: bool,
     pub(crate) wakeups: Arc<Wakeups>,
@@ -495,9 +501,14 @@ impl Inner {
             return Err(Error::InvalidInput("TTL is zero (under a millisecond)"));
         }
         let drift = quorum::drift(ttl, self.drift_factor, self.drift_floor);
-        if ttl <= drift.saturating_add(self.node_timeout) {
+        let margin = self.stop_margin.unwrap_or(ttl / 10);
+        if ttl
+            <= drift
+                .saturating_add(self.node_timeout)
+                .saturating_add(margin)
+        {
             return Err(Error::InvalidInput(
-                "TTL must be longer than the clock drift allowance plus the node timeout",
+                "TTL must be longer than the clock drift allowance, the node timeout and the stop margin",
             ));
         }
         Ok(Plan {
@@ -586,8 +597,11 @@ impl Inner {
                 (i, reply)
             }
         });
-        let deadline = quorum::deadline_in(self.node_timeout);
-        let tally = self.gather(&mut calls, deadline, self.node_timeout).await;
+        // Past the node timeout too: a delete that is merely slow still
+        // counts, so a release that removed the keys never reads as failed.
+        let wait = self.release_timeout.max(self.node_timeout);
+        let deadline = quorum::deadline_in(wait);
+        let tally = self.gather(&mut calls, deadline, wait).await;
         (tally, in_flight(calls))
     }
 }
@@ -656,6 +670,7 @@ async fn attempt_in_span(
     admission: Option<Arc<Admission>>,
 ) -> Result<Lock, Failed> {
     let ttl = plan.ttl;
+    let suspended = crate::clock::suspended();
     let start = Instant::now();
     let token = new_token();
     // Armed from the first SET on: if this future is dropped midway, the
@@ -831,7 +846,7 @@ async fn attempt_in_span(
                 keys,
                 token,
                 ttl,
-                ((start + validity).into_std(), validity),
+                ((start + validity).into_std(), validity, suspended),
                 merge(in_flight(calls), asked_again),
                 fence,
             ));

@@ -111,37 +111,101 @@ fn thaw_majority(cluster: &Cluster) {
     cluster.thaw(2);
 }
 
-#[tokio::test]
-async fn lost_fires_no_later_than_the_deadline_when_extension_fails() {
-    let Some(cluster) = support::cluster(3) else {
-        return;
-    };
-    let redlock = support::manager(&cluster.urls()).await;
+/// Takes a kept-alive lock whose extensions cannot succeed (a majority
+/// frozen) and returns how long before its deadline `lost()` completed, by
+/// the lock's stop margin: `(deadline - fired, margin)`. Checks that
+/// `is_held`, `remaining` and `extend` agree with the signal.
+async fn lost_lead(
+    policy: KeepAlive,
+    builder: quorumlock::Builder,
+    cluster: &Cluster,
+) -> (Duration, Duration) {
+    let redlock = builder.build().await.unwrap();
     let resource = unique("lost");
     let mut lock = redlock
         .try_acquire(&resource, Duration::from_millis(600))
         .await
         .unwrap();
-    lock.keep_alive(KeepAlive::new());
+    lock.keep_alive(policy);
     let guard = lock.guard();
-    freeze_majority(&cluster);
+    freeze_majority(cluster);
     // No extension can succeed from here on, so this deadline is final.
     let deadline = lock.deadline();
+    let margin = lock.stop_margin();
     let fired = tokio::time::timeout(Duration::from_secs(3), guard.lost()).await;
     let at = Instant::now();
-    thaw_majority(&cluster);
+    let held = (lock.is_held(), guard.is_held(), lock.remaining());
+    thaw_majority(cluster);
     assert!(fired.is_ok(), "lost never fired");
     assert!(
         at <= deadline,
         "lost fired {:?} after the deadline",
         at - deadline
     );
-    assert!(!lock.is_held() && !guard.is_held());
+    assert_eq!(held, (false, false, Duration::ZERO), "held after lost()");
     assert!(lock
         .extend(Duration::from_secs(1))
         .await
         .unwrap_err()
         .is_lost());
+    (deadline - at, margin)
+}
+
+#[tokio::test]
+async fn lost_leaves_the_stop_margin_when_extension_fails() {
+    let Some(cluster) = support::cluster(3) else {
+        return;
+    };
+    // The default: a tenth of the TTL.
+    let (lead, margin) = lost_lead(
+        KeepAlive::new(),
+        support::builder(&cluster.urls()),
+        &cluster,
+    )
+    .await;
+    assert_eq!(margin, Duration::from_millis(60));
+    assert!(
+        lead >= margin,
+        "lost() left {lead:?} of a {margin:?} margin"
+    );
+    // The keep-alive's own margin.
+    let policy = KeepAlive::new().stop_margin(Duration::from_millis(200));
+    let (lead, margin) = lost_lead(policy, support::builder(&cluster.urls()), &cluster).await;
+    assert_eq!(margin, Duration::from_millis(200));
+    assert!(
+        lead >= margin,
+        "lost() left {lead:?} of a {margin:?} margin"
+    );
+    // The manager's, for every lock.
+    let builder = support::builder(&cluster.urls()).stop_margin(Duration::from_millis(150));
+    let (lead, margin) = lost_lead(KeepAlive::new(), builder, &cluster).await;
+    assert_eq!(margin, Duration::from_millis(150));
+    assert!(
+        lead >= margin,
+        "lost() left {lead:?} of a {margin:?} margin"
+    );
+    // Not far earlier than asked: the slack is a few milliseconds.
+    assert!(
+        lead < margin + Duration::from_millis(100),
+        "lost() fired {lead:?} early"
+    );
+}
+
+#[tokio::test]
+async fn a_stop_margin_the_ttl_cannot_hold_is_refused() {
+    let Some((urls, _cluster)) = support::nodes(3) else {
+        return;
+    };
+    let redlock = support::builder(&urls)
+        .stop_margin(Duration::from_secs(2))
+        .build()
+        .await
+        .unwrap();
+    let err = redlock
+        .try_acquire(&unique("margin"), Duration::from_secs(2))
+        .await
+        .unwrap_err();
+    assert!(err.is_invalid(), "{err:?}");
 }
 
 #[tokio::test]
@@ -266,17 +330,16 @@ async fn a_guard_tells_the_work_that_the_lock_was_lost() {
         .await
         .unwrap()
         .unwrap();
-    // `lost()` is due 2 ms before the deadline; the watcher task's own
-    // wake-up comes on top, a few milliseconds on a loaded 2-core machine
-    // (a CI run once saw it land just past the deadline). What must hold:
-    // it fires near the deadline, not at once and not long after it.
+    // Due the stop margin (a tenth of the TTL) before the deadline, and
+    // aimed a few milliseconds earlier still.
+    let margin = Duration::from_millis(40);
     assert!(
-        at <= deadline + Duration::from_millis(10),
-        "fired {:?} after the deadline",
-        at - deadline
+        at + margin <= deadline,
+        "fired {:?} before the deadline, inside the {margin:?} margin",
+        deadline.saturating_duration_since(at)
     );
     assert!(
-        at + Duration::from_millis(50) >= deadline,
+        at + margin + Duration::from_millis(50) >= deadline,
         "fired far too early"
     );
     drop(lock);
