@@ -940,9 +940,21 @@ fn contest_backoff(contests: u32) -> Duration {
     Duration::from_micros(rand::random_range(0..window_us))
 }
 
-/// 128 random bits from a CSPRNG, as 32 hex digits readable in `redis-cli`.
+/// 128 random bits from the operating system, as 32 hex digits readable
+/// in `redis-cli`. Not from a generator kept in the process: a child made
+/// by `fork()` inherits that generator's state and would draw the parent's
+/// next tokens, and a node that answers with our own token counts as our
+/// vote, so both would hold the lock. (The thread generator, reseeded by
+/// nothing, stands in only if the OS refuses, with the process id mixed in
+/// so that a parent and its child still differ.)
 fn new_token() -> Arc<str> {
-    token_text(rand::random())
+    use rand::TryRngCore;
+    let mut bits = [0u8; 16];
+    let drawn = match rand::rngs::OsRng.try_fill_bytes(&mut bits) {
+        Ok(()) => u128::from_le_bytes(bits),
+        Err(_) => rand::random::<u128>() ^ u128::from(std::process::id()),
+    };
+    token_text(drawn)
 }
 
 fn token_text(bits: u128) -> Arc<str> {
