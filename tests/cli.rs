@@ -369,3 +369,182 @@ fn passwords_in_node_addresses_are_not_printed() {
         assert!(!printed.contains("hunter2"), "{args:?}: {printed}");
     }
 }
+
+/// The last `beat` line in `path`: its monotonic time.
+fn last_beat(path: &PathBuf, prefix: &str) -> Option<u128> {
+    let text = std::fs::read_to_string(path).ok()?;
+    text.lines()
+        .rfind(|l| l.starts_with(prefix))
+        .map(monotonic_ns)
+}
+
+/// A Python program that ignores SIGTERM and writes `{name} <monotonic ns>`
+/// to `out` every 5 ms, forever.
+fn stubborn(name: &str, out: &PathBuf) -> String {
+    format!(
+        "import signal, time\n\
+         signal.signal(signal.SIGTERM, signal.SIG_IGN)\n\
+         f = open({out:?}, 'a', buffering=1)\n\
+         while True:\n    f.write('{name} %d\\n' % time.monotonic_ns()); time.sleep(0.005)\n"
+    )
+}
+
+/// Whether process `pid` is gone (or a zombie: dead, not yet reaped).
+fn gone(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
+    }
+}
+
+#[test]
+fn a_lost_lock_kills_a_command_that_ignores_sigterm_and_its_setsid_helper_before_the_deadline() {
+    let Some(cluster) = support::cluster(3) else {
+        return;
+    };
+    let urls = cluster.urls();
+    let out = scratch("cli-stubborn");
+    let log = scratch("cli-stubborn-err");
+    // The command starts a helper in a session of its own (out of the
+    // command's process group), and both ignore SIGTERM.
+    let helper = stubborn("helper", &out);
+    let code = format!(
+        "import subprocess\n\
+         subprocess.Popen(['setsid', 'python3', '-c', {helper:?}])\n\
+         {}",
+        stubborn("command", &out)
+    );
+    let mut run = quorumlock(&urls)
+        .args([
+            "run",
+            "--verbose",
+            "--ttl",
+            "2s",
+            "--kill-grace",
+            "500ms",
+            &unique("stubborn"),
+            "--",
+        ])
+        .args(python(&code))
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    line_in(&out, "command", Duration::from_secs(10));
+    line_in(&out, "helper", Duration::from_secs(10));
+    // Two of three nodes frozen: no extension can win a quorum any more.
+    cluster.freeze(0);
+    cluster.freeze(1);
+    let code = exit_within(&mut run, Duration::from_secs(10));
+    cluster.thaw(0);
+    cluster.thaw(1);
+    assert_eq!(code, 76, "the lost-lock exit status");
+    let errors = std::fs::read_to_string(&log).unwrap();
+    let deadline: u128 = errors
+        .lines()
+        .find_map(|l| l.strip_prefix("quorumlock: the lock's deadline is at CLOCK_MONOTONIC "))
+        .and_then(|rest| rest.strip_suffix(" ns"))
+        .unwrap_or_else(|| panic!("no deadline line in: {errors}"))
+        .parse()
+        .unwrap();
+    let command = last_beat(&out, "command").unwrap();
+    let helper = last_beat(&out, "helper").unwrap();
+    let _ = (std::fs::remove_file(&out), std::fs::remove_file(&log));
+    let before = |t: u128| (deadline as i128 - t as i128) / 1_000_000;
+    use std::io::Write;
+    let _ = writeln!(
+        std::io::stderr(),
+        "STUBBORN last signs of life: command {} ms, helper {} ms before the deadline",
+        before(command),
+        before(helper)
+    );
+    assert!(
+        command < deadline,
+        "the command ran {} ms past the deadline",
+        -before(command)
+    );
+    assert!(
+        helper < deadline,
+        "the helper ran {} ms past the deadline",
+        -before(helper)
+    );
+}
+
+#[test]
+fn the_command_dies_with_a_sigkilled_quorumlock() {
+    let Some((urls, _cluster)) = support::nodes(3) else {
+        return;
+    };
+    let out = scratch("cli-orphan");
+    let code = format!(
+        "import os\n\
+         open({out:?} + '.pid', 'w').write(str(os.getpid()))\n\
+         {}",
+        stubborn("command", &out)
+    );
+    let mut run = quorumlock(&urls)
+        .args(["run", "--ttl", "10s", &unique("orphan"), "--"])
+        .args(python(&code))
+        .spawn()
+        .unwrap();
+    line_in(&out, "command", Duration::from_secs(10));
+    let pid: u32 = std::fs::read_to_string(format!("{}.pid", out.display()))
+        .unwrap()
+        .parse()
+        .unwrap();
+    run.kill().unwrap(); // SIGKILL: no clean-up of its own
+    let _ = run.wait();
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while !gone(pid) {
+        assert!(
+            Instant::now() < deadline,
+            "the command outlived quorumlock by 2 s"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let _ = std::fs::remove_file(&out);
+    let _ = std::fs::remove_file(format!("{}.pid", out.display()));
+}
+
+#[test]
+fn a_closed_stdout_or_stderr_is_no_panic() {
+    let Some((urls, _cluster)) = support::nodes(3) else {
+        return;
+    };
+    let name = unique("closed");
+    // Held elsewhere: `run --no-wait` says so on stderr, whose reader is gone.
+    let mut holder = quorumlock(&urls)
+        .args(["run", "--ttl", "10s", &name, "--", "sleep", "30"])
+        .spawn()
+        .unwrap();
+    let held = Instant::now() + Duration::from_secs(10);
+    loop {
+        let status = quorumlock(&urls)
+            .args(["status", "--json", &name])
+            .output()
+            .unwrap();
+        if String::from_utf8_lossy(&status.stdout).contains("\"reading\":\"held\"") {
+            break;
+        }
+        assert!(Instant::now() < held, "the holder never got the lock");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut refused = quorumlock(&urls)
+        .args(["run", "--no-wait", &name, "--", "true"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(refused.stderr.take());
+    assert_eq!(exit_within(&mut refused, Duration::from_secs(10)), 75);
+    // `status` prints on stdout, whose reader is gone.
+    let mut status = quorumlock(&urls)
+        .args(["status", &name])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(status.stdout.take());
+    assert_eq!(exit_within(&mut status, Duration::from_secs(10)), 0);
+    sigterm(&holder);
+    exit_within(&mut holder, Duration::from_secs(10));
+}

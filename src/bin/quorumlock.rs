@@ -6,11 +6,13 @@
 //! lock, its keep-alive, loss detection, fencing and clean-up are the
 //! library's own, covered by its tests.
 
+use std::io::Write;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::{Args, Parser, Subcommand};
-use nix::sys::signal::{killpg, Signal};
+use nix::errno::Errno;
+use nix::sys::signal::{kill, killpg, Signal};
 use nix::unistd::Pid;
 use quorumlock::{Error, KeepAlive, Lock, NodeView, Reading, Redlock, RetryPolicy};
 use tokio::signal::unix::{signal, SignalKind};
@@ -19,7 +21,7 @@ use tokio::signal::unix::{signal, SignalKind};
 /// or `--wait` passed without getting it.
 const HELD: u8 = 75;
 /// Exit status when the lock was lost while the command ran (the command
-/// got SIGTERM, and SIGKILL after `--kill-grace`).
+/// got SIGTERM, and SIGKILL before the lock's deadline).
 const LOST: u8 = 76;
 /// Exit status when too few nodes answered.
 const UNAVAILABLE: u8 = 69;
@@ -37,6 +39,19 @@ const SIGNAL_SETTLE: Duration = Duration::from_millis(500);
 const WAIT_ROUND: Duration = Duration::from_secs(5);
 
 const EXIT_CODES: &str = "\
+What `run` guarantees (Linux):
+  The command starts only while the lock is held. If the lock cannot be
+  renewed, the command and every process it started (also those that left
+  its process group, e.g. with setsid) get SIGTERM the kill grace before
+  the lock's deadline and SIGKILL just before it. Processes the command
+  leaves behind when it exits are stopped the same way before the lock is
+  released. If quorumlock itself dies (even by SIGKILL), the command gets
+  SIGKILL with it. Not covered: a process that moves into another PID
+  namespace or under another subreaper, and a machine that stops this
+  process (SIGSTOP, a frozen VM) past the deadline: there only fencing
+  tokens (--fencing) protect the resource.
+
+
 Exit status:
   the command's own status when it ran (128 + N when signal N ended it)
   75  held elsewhere (--no-wait), or --wait passed without the lock
@@ -60,6 +75,35 @@ enum Command {
     Run(Run),
     /// Prints what each node says about NAME and the quorum's reading.
     Status(Status),
+    /// How `run` starts its command (not for use by hand): ties the
+    /// process to its `quorumlock` parent, then becomes COMMAND.
+    #[command(hide = true)]
+    Spawned(Spawned),
+}
+
+#[derive(Args)]
+struct Spawned {
+    /// The `quorumlock run` that started it.
+    #[arg(long)]
+    parent: i32,
+    #[arg(last = true, required = true)]
+    command: Vec<String>,
+}
+
+/// Writes a line to stderr; a closed or broken stderr is no reason to
+/// stop (or, as `eprintln!` would, to panic before the command is
+/// stopped).
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
+/// As [`say`], to stdout.
+macro_rules! show {
+    ($($arg:tt)*) => {{
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
 }
 
 #[derive(Args)]
@@ -104,10 +148,10 @@ struct Run {
     /// Hand the command a fencing token in QUORUMLOCK_FENCE.
     #[arg(long)]
     fencing: bool,
-    /// When the lock is lost, the command's process group gets SIGTERM at
-    /// once and SIGKILL after this long. The lock is reported lost before
-    /// its deadline, so with a grace shorter than the time left the command
-    /// stops before another holder can get the lock.
+    /// The time the command is given to stop. When the lock cannot be
+    /// renewed, the command and every process it started get SIGTERM this
+    /// long before the lock's deadline, and SIGKILL just before the
+    /// deadline: none of them outlives the lock. Cut to half the TTL.
     #[arg(long, default_value = "5s", value_parser = duration)]
     kill_grace: Duration,
     /// The lock's name.
@@ -154,6 +198,9 @@ fn duration(text: &str) -> Result<Duration, String> {
 
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
+        Ok(Cli {
+            command: Command::Spawned(spawned),
+        }) => return become_command(spawned),
         Ok(cli) => cli,
         Err(e) if !e.use_stderr() => {
             // --help, --version.
@@ -167,7 +214,7 @@ fn main() -> ExitCode {
                 .next()
                 .unwrap_or("bad usage")
                 .trim_start_matches("error: ");
-            eprintln!("quorumlock: {line}");
+            say!("quorumlock: {line}");
             return ExitCode::from(USAGE);
         }
     };
@@ -178,7 +225,7 @@ fn main() -> ExitCode {
     {
         Ok(runtime) => runtime,
         Err(e) => {
-            eprintln!("quorumlock: cannot start: {e}");
+            say!("quorumlock: cannot start: {e}");
             return ExitCode::from(USAGE);
         }
     };
@@ -186,6 +233,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Run(run) => run_command(run).await,
             Command::Status(status) => show_status(status).await,
+            Command::Spawned(_) => USAGE,
         }
     });
     ExitCode::from(code)
@@ -213,7 +261,7 @@ fn fail(e: &Error) -> u8 {
     let source = std::error::Error::source(e)
         .map(|s| format!(": {s}"))
         .unwrap_or_default();
-    eprintln!("quorumlock: {e}{source}");
+    say!("quorumlock: {e}{source}");
     if e.is_contended() {
         HELD
     } else if e.is_invalid() {
@@ -245,7 +293,7 @@ async fn run_command(run: Run) -> u8 {
     ) {
         (Ok(i), Ok(t), Ok(h)) => (i, t, h),
         _ => {
-            eprintln!("quorumlock: cannot listen for signals");
+            say!("quorumlock: cannot listen for signals");
             return USAGE;
         }
     };
@@ -261,7 +309,7 @@ async fn run_command(run: Run) -> u8 {
                 // Once per stretch of rounds without enough nodes.
                 Err(e) if forever && e.is_retryable() => {
                     if e.is_unavailable() && !said {
-                        eprintln!(
+                        say!(
                             "quorumlock: still waiting after {} s: {e}",
                             started.elapsed().as_secs()
                         );
@@ -294,13 +342,20 @@ async fn run_command(run: Run) -> u8 {
             return 128u8.saturating_add(sig as u8);
         }
     };
+    // Orphans of the command come back to us, so that none is missed
+    // when the command's processes are stopped.
+    #[cfg(target_os = "linux")]
+    if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
+        say!("quorumlock: cannot become a child subreaper ({e}): processes that leave the command may outlive the lock");
+    }
     let code = supervise(&run, lock, (&mut interrupt, &mut terminate, &mut hangup)).await;
     redlock.settle(Duration::from_secs(2)).await;
     code
 }
 
 /// Runs the command under `lock`, forwarding signals to it, and stops it
-/// if the lock is lost; releases the lock when the command is done.
+/// and everything it started before the lock's deadline if the lock is
+/// lost; releases the lock when they are all gone.
 async fn supervise(
     run: &Run,
     mut lock: Lock,
@@ -310,14 +365,20 @@ async fn supervise(
         &mut tokio::signal::unix::Signal,
     ),
 ) -> u8 {
-    lock.keep_alive(KeepAlive::new());
-    let (program, args) = match run.command.split_first() {
-        Some(split) => split,
-        None => return USAGE,
-    };
-    let mut command = tokio::process::Command::new(program);
+    // The grace is the lock's stop margin: `lost()` fires that long
+    // before the deadline.
+    let grace = run.kill_grace.min(run.ttl / 2);
+    lock.keep_alive(KeepAlive::new().stop_margin(grace));
+    if run.command.is_empty() {
+        return USAGE;
+    }
+    let mut command = tokio::process::Command::new(SELF);
     command
-        .args(args)
+        .arg("spawned")
+        .arg("--parent")
+        .arg(std::process::id().to_string())
+        .arg("--")
+        .args(&run.command)
         .env("QUORUMLOCK_TOKEN", lock.token())
         .env(
             "QUORUMLOCK_DEADLINE_MS",
@@ -328,10 +389,17 @@ async fn supervise(
     if let Some(fence) = lock.fence() {
         command.env("QUORUMLOCK_FENCE", fence.to_string());
     }
+    if !lock.is_held() {
+        say!(
+            "quorumlock: the lock on `{}` ran out before the command could start",
+            run.name
+        );
+        return LOST;
+    }
     let mut child = match command.spawn() {
         Ok(child) => child,
         Err(e) => {
-            eprintln!("quorumlock: cannot run `{program}`: {e}");
+            say!("quorumlock: cannot run `{}`: {e}", run.command[0]);
             let _ = lock.release().await;
             return NOT_STARTED;
         }
@@ -342,23 +410,32 @@ async fn supervise(
         .map(Pid::from_raw);
     let send = |sig: Signal| {
         if let Some(group) = group {
-            let _ = killpg(group, sig);
+            signal_group(group, sig);
         }
     };
-    loop {
+    let code = loop {
         tokio::select! {
-            status = child.wait() => {
-                let code = status_code(status);
-                let _ = lock.release().await;
-                return code;
-            }
+            status = child.wait() => break status_code(status),
             () = lock.lost() => {
-                eprintln!("quorumlock: lost the lock on `{}`; stopping the command", run.name);
-                send(Signal::SIGTERM);
-                if tokio::time::timeout(run.kill_grace, child.wait()).await.is_err() {
-                    send(Signal::SIGKILL);
+                let deadline = lock.deadline();
+                let kill_at = deadline.checked_sub(KILL_AHEAD).unwrap_or(deadline);
+                say!(
+                    "quorumlock: lost the lock on `{}`; stopping the command (SIGTERM now, SIGKILL in {} ms at the latest, before the lock's deadline)",
+                    run.name,
+                    kill_at.saturating_duration_since(Instant::now()).as_millis()
+                );
+                if run.nodes.verbose {
+                    say!("quorumlock: the lock's deadline is at CLOCK_MONOTONIC {} ns", monotonic_ns(deadline));
+                }
+                stop_all(group, Signal::SIGTERM);
+                if tokio::time::timeout_at(kill_at.into(), child.wait()).await.is_err() {
+                    stop_all(group, Signal::SIGKILL);
                     let _ = child.wait().await;
                 }
+                // The command is gone; what it left behind goes before the
+                // deadline too.
+                stop_all(group, Signal::SIGKILL);
+                reap_orphans();
                 let _ = lock.release().await;
                 return LOST;
             }
@@ -366,7 +443,159 @@ async fn supervise(
             _ = terminate.recv() => send(Signal::SIGTERM),
             _ = hangup.recv() => send(Signal::SIGHUP),
         }
+    };
+    // The command exited while the lock was held: processes it left
+    // behind must not run on without it.
+    if !descendants().is_empty() {
+        stop_all(group, Signal::SIGTERM);
+        let kill_at = lock.deadline().checked_sub(KILL_AHEAD);
+        let until = kill_at.map_or_else(Instant::now, |at| at.min(Instant::now() + grace));
+        while !descendants().is_empty() && Instant::now() < until {
+            reap_orphans();
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        stop_all(group, Signal::SIGKILL);
+        reap_orphans();
     }
+    let _ = lock.release().await;
+    code
+}
+
+/// The program that starts the command: this one again (`spawned`), so
+/// that the command gets its parent-death signal before it runs.
+#[cfg(target_os = "linux")]
+const SELF: &str = "/proc/self/exe";
+#[cfg(not(target_os = "linux"))]
+const SELF: &str = "quorumlock";
+
+/// SIGKILL goes out this long before the lock's deadline: time for the
+/// kernel to end the processes, and for a timer that fires late.
+const KILL_AHEAD: Duration = Duration::from_millis(50);
+
+/// `quorumlock spawned`: asks for SIGKILL when the `quorumlock run` that
+/// started us dies, checks that it has not died already, and becomes the
+/// command (exec keeps the parent-death signal).
+fn become_command(spawned: Spawned) -> ExitCode {
+    use std::os::unix::process::CommandExt;
+    #[cfg(target_os = "linux")]
+    {
+        if let Err(e) = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL) {
+            say!("quorumlock: cannot tie the command to quorumlock ({e})");
+            return ExitCode::from(NOT_STARTED);
+        }
+        if nix::unistd::getppid().as_raw() != spawned.parent {
+            // quorumlock died before the signal was set up: run nothing.
+            return ExitCode::from(NOT_STARTED);
+        }
+    }
+    let Some((program, args)) = spawned.command.split_first() else {
+        return ExitCode::from(USAGE);
+    };
+    let e = std::process::Command::new(program).args(args).exec();
+    say!("quorumlock: cannot run `{program}`: {e}");
+    ExitCode::from(NOT_STARTED)
+}
+
+/// Sends `sig` to a process group; says why when it could not.
+fn signal_group(group: Pid, sig: Signal) {
+    match killpg(group, sig) {
+        Ok(()) | Err(Errno::ESRCH) => {}
+        Err(e) => say!("quorumlock: cannot send {sig} to the command's process group: {e}"),
+    }
+}
+
+/// Sends `sig` to the command's process group and to every process
+/// descended from this one, also those that left the group.
+fn stop_all(group: Option<Pid>, sig: Signal) {
+    if let Some(group) = group {
+        signal_group(group, sig);
+    }
+    for pid in descendants() {
+        match kill(pid, sig) {
+            Ok(()) | Err(Errno::ESRCH) => {}
+            Err(e) => say!("quorumlock: cannot send {sig} to process {pid}: {e}"),
+        }
+    }
+}
+
+/// Every living process below this one, read from /proc (zombies, which
+/// are dead already, are left out). Orphans of the command are ours, as
+/// a child subreaper.
+fn descendants() -> Vec<Pid> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut parent_of: Vec<(i32, i32)> = Vec::new();
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // `pid (comm) state ppid ...`; comm may hold spaces and parens.
+        let Some(after) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
+            continue;
+        };
+        let mut fields = after.split_whitespace();
+        let (Some(state), Some(ppid)) = (fields.next(), fields.next()) else {
+            continue;
+        };
+        if state == "Z" {
+            continue;
+        }
+        if let Ok(ppid) = ppid.parse() {
+            parent_of.push((pid, ppid));
+        }
+    }
+    let mut found = vec![std::process::id() as i32];
+    let mut i = 0;
+    while i < found.len() {
+        let parent = found[i];
+        found.extend(
+            parent_of
+                .iter()
+                .filter(|(_, p)| *p == parent)
+                .map(|(c, _)| *c),
+        );
+        i += 1;
+    }
+    found.into_iter().skip(1).map(Pid::from_raw).collect()
+}
+
+/// Collects the exit statuses of orphans handed to us, once the command
+/// itself has been waited for (before that, its status is tokio's).
+fn reap_orphans() {
+    use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+    while let Ok(status) = waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+        if status == WaitStatus::StillAlive {
+            break;
+        }
+    }
+}
+
+/// `at` on CLOCK_MONOTONIC, in nanoseconds (as `time.monotonic_ns()` in
+/// Python reads it), for `--verbose` lines.
+fn monotonic_ns(at: Instant) -> u128 {
+    #[cfg(target_os = "linux")]
+    {
+        let now = Instant::now();
+        if let Ok(t) = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC) {
+            let now_ns = t.tv_sec() as i128 * 1_000_000_000 + t.tv_nsec() as i128;
+            let delta = if at >= now {
+                (at - now).as_nanos() as i128
+            } else {
+                -((now - at).as_nanos() as i128)
+            };
+            return u128::try_from(now_ns + delta).unwrap_or(0);
+        }
+    }
+    let _ = at;
+    0
 }
 
 fn status_code(status: std::io::Result<std::process::ExitStatus>) -> u8 {
@@ -395,31 +624,31 @@ async fn show_status(status: Status) -> u8 {
         Err(e) => return fail(&e),
     };
     if status.json {
-        println!("{}", json(&seen));
+        show!("{}", json(&seen));
         return 0;
     }
     for (i, view) in seen.nodes().iter().enumerate() {
         match view {
-            NodeView::Holders(holders) if holders.is_empty() => println!("node {i}: free"),
+            NodeView::Holders(holders) if holders.is_empty() => show!("node {i}: free"),
             NodeView::Holders(holders) => {
                 for h in holders {
                     let ttl = h.ttl().map_or("no TTL".to_string(), |t| {
                         format!("{} ms left", t.as_millis())
                     });
-                    println!("node {i}: held by {} ({ttl})", h.token());
+                    show!("node {i}: held by {} ({ttl})", h.token());
                 }
             }
-            NodeView::Unreachable(why) => println!("node {i}: no answer ({why})"),
-            _ => println!("node {i}: ?"),
+            NodeView::Unreachable(why) => show!("node {i}: no answer ({why})"),
+            _ => show!("node {i}: ?"),
         }
     }
     match seen.reading() {
-        Reading::Free => println!("quorum: free"),
-        Reading::Held(tokens) => println!("quorum: held by {}", tokens.join(", ")),
-        _ => println!("quorum: unknown"),
+        Reading::Free => show!("quorum: free"),
+        Reading::Held(tokens) => show!("quorum: held by {}", tokens.join(", ")),
+        _ => show!("quorum: unknown"),
     }
     if let Some(other) = seen.in_use() {
-        println!("name in use as {other}: `run` with these options is refused");
+        show!("name in use as {other}: `run` with these options is refused");
     }
     0
 }
