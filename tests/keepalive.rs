@@ -148,6 +148,12 @@ async fn lost_lead(
         .await
         .unwrap_err()
         .is_lost());
+    use std::io::Write;
+    let _ = writeln!(
+        std::io::stderr(),
+        "LOST {:?} before the deadline, margin {margin:?}",
+        deadline - at
+    );
     (deadline - at, margin)
 }
 
@@ -333,6 +339,12 @@ async fn a_guard_tells_the_work_that_the_lock_was_lost() {
     // Due the stop margin (a tenth of the TTL) before the deadline, and
     // aimed a few milliseconds earlier still.
     let margin = Duration::from_millis(40);
+    use std::io::Write;
+    let _ = writeln!(
+        std::io::stderr(),
+        "LOST {:?} before the deadline, margin {margin:?}",
+        deadline.saturating_duration_since(at)
+    );
     assert!(
         at + margin <= deadline,
         "fired {:?} before the deadline, inside the {margin:?} margin",
