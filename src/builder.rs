@@ -172,6 +172,7 @@ pub struct Builder {
     fencing: bool,
     stop_margin: Option<Duration>,
     release_timeout: Duration,
+    durable_fences: bool,
 }
 
 impl Default for Builder {
@@ -187,6 +188,7 @@ impl Default for Builder {
             fencing: false,
             stop_margin: None,
             release_timeout: Duration::from_secs(1),
+            durable_fences: true,
         }
     }
 }
@@ -430,11 +432,30 @@ impl Builder {
     /// them, before handing the lock out. Any two quorums share a node, so
     /// the next holder reads at least this value. Default: off.
     ///
-    /// Like the locks, the counters rely on nodes not losing their data: a
-    /// node restarted at once without persistence can make a later token
-    /// repeat an earlier one.
+    /// Unlike lock keys, counters are permanent state: waiting a TTL
+    /// before restarting a node does not make their loss harmless. So
+    /// fencing needs nodes that keep every write they acknowledged
+    /// (`appendonly yes`, `appendfsync always`): `build` checks each node
+    /// that answers and refuses one that does not
+    /// ([`Error::NotDurable`]), and a node reached later (or again, after a
+    /// restart) gets no fenced vote until it does
+    /// ([`FailureKind::NotDurable`](crate::FailureKind::NotDurable)). See
+    /// [`require_durable_fences`](Self::require_durable_fences) to opt out.
     pub fn fencing(mut self, on: bool) -> Self {
         self.fencing = on;
+        self
+    }
+
+    /// With fencing, whether every node must keep every write it
+    /// acknowledged (`appendonly yes` with `appendfsync always`, read from
+    /// `INFO persistence` and `CONFIG GET appendfsync` on each connection).
+    /// Turn it off only when you know better than those two commands can
+    /// tell (the ACL denies `CONFIG`, a managed service persists
+    /// otherwise, a node given as a cluster or as your own
+    /// `ConnectionManager`, which are not checked on reconnect) or when
+    /// tokens may repeat after a node loses its data. Default: on.
+    pub fn require_durable_fences(mut self, on: bool) -> Self {
+        self.durable_fences = on;
         self
     }
 
@@ -523,13 +544,16 @@ impl Builder {
             addresses.push(address);
             announcers.push(transport.announcers());
             sharded |= transport.is_cluster();
-            nodes.push(Node::new(Link::new(
-                index,
-                transport,
-                self.connect_timeout,
-                health_limit(self.node_timeout),
-                servers.clone(),
-            )));
+            nodes.push(Node::new(
+                Link::new(
+                    index,
+                    transport,
+                    self.connect_timeout,
+                    health_limit(self.node_timeout),
+                    servers.clone(),
+                ),
+                self.fencing && self.durable_fences,
+            ));
         }
         let nodes: Arc<[Node]> = nodes.into();
         if let Some((a, b)) = warm_up(&nodes, self.connect_timeout).await {
@@ -539,6 +563,15 @@ impl Builder {
                 second: a.max(b),
                 how: "same run_id",
             });
+        }
+        // Nodes that answered are known now; the others are checked on
+        // each fenced call.
+        if let Some((node, why)) = nodes
+            .iter()
+            .enumerate()
+            .find_map(|(i, n)| n.fence_risk().map(|why| (i, why)))
+        {
+            return Err(Error::NotDurable { node, why });
         }
         Ok(Redlock::from_inner(Arc::new(Inner {
             nodes,

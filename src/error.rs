@@ -139,6 +139,16 @@ pub enum Error {
         how: &'static str,
     },
 
+    /// Fencing was asked for, and a node may lose writes it acknowledged
+    /// (see [`Builder::require_durable_fences`](crate::Builder::require_durable_fences)).
+    #[error("node {node} cannot keep fence counters: {why}")]
+    NotDurable {
+        /// The node's index.
+        node: usize,
+        /// What its settings lack.
+        why: &'static str,
+    },
+
     /// The builder's settings cannot work together (for example no nodes).
     #[error("invalid configuration: {0}")]
     Config(&'static str),
@@ -281,6 +291,12 @@ pub enum FailureKind {
     /// The entry reaches the same server as the node with this index, so
     /// its vote is not counted.
     SameServer(usize),
+    /// A fenced lock was not asked of this node: it may lose writes it
+    /// acknowledged (it does not run with `appendonly yes` and
+    /// `appendfsync always`, or it could not be asked), and a fence
+    /// counter it forgot could make a later token repeat an earlier one.
+    /// See [`Builder::require_durable_fences`](crate::Builder::require_durable_fences).
+    NotDurable,
     /// Another error reply (`LOADING`, `BUSY`, `OOM`, ...).
     Other,
 }
@@ -316,6 +332,9 @@ impl fmt::Display for FailureKind {
                 "TLS failed (certificate not trusted or refused, or plain text sent to a TLS port)",
             ),
             FailureKind::SameServer(other) => write!(f, "same server as node {other}"),
+            FailureKind::NotDurable => f.write_str(
+                "may lose acknowledged writes (needs appendonly yes, appendfsync always) and fencing needs nodes that do not",
+            ),
             FailureKind::Other => f.write_str("error reply"),
         }
     }
@@ -367,6 +386,7 @@ impl Error {
             self,
             Error::InvalidNode { .. }
                 | Error::SameServer { .. }
+                | Error::NotDurable { .. }
                 | Error::Config(_)
                 | Error::InvalidInput(_)
                 | Error::Refused { .. }

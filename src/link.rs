@@ -19,7 +19,7 @@ use redis::{AsyncConnectionConfig, RedisError};
 use tokio::sync::Notify;
 
 use crate::backoff::Backoff;
-use crate::transport::{Transport, Wire};
+use crate::transport::{Durability, Transport, Wire};
 
 /// The run ids of the servers behind each node, to find entries that are
 /// one server.
@@ -61,6 +61,8 @@ pub(crate) struct Conn {
     pub(crate) nx_get: bool,
     /// The server is the one behind this other node: no vote of ours.
     pub(crate) same_as: Option<usize>,
+    /// Whether the server keeps every write through a restart.
+    pub(crate) durable: Durability,
 }
 
 impl Conn {
@@ -189,6 +191,12 @@ impl Link {
     /// A connection to send one call on, waiting for a connect in progress
     /// (callers bound the wait with their own deadline). While the node
     /// rests after a failed connect, the reason comes back at once.
+    /// Whether the server behind the current connection keeps every
+    /// write; `None` while there is no connection.
+    pub(crate) fn durability(&self) -> Option<Durability> {
+        self.state().current.as_ref().map(|c| c.durable)
+    }
+
     pub(crate) async fn call(self: &Arc<Self>) -> Result<Call, RedisError> {
         loop {
             let notified = self.changed.notified();
@@ -341,6 +349,7 @@ impl Link {
             probing: AtomicBool::new(false),
             nx_get: info.major >= 7,
             same_as,
+            durable: info.durable,
         })
     }
 }

@@ -22,10 +22,11 @@ use crate::Error;
 
 /// How much earlier than its stop point the lost signal is aimed, for a
 /// stop margin of `margin`: tokio's timers round up to the next
-/// millisecond, and on a busy machine a woken task waits for a core. An
-/// eighth of the margin, 1 to 10 ms, plus the millisecond of rounding.
+/// millisecond, and on a busy machine a woken task waits for a core (10 ms
+/// and more with both cores of a small machine busy). A quarter of the
+/// margin, 5 to 50 ms, plus the millisecond of rounding.
 fn timer_slack(margin: Duration) -> Duration {
-    (margin / 8).clamp(Duration::from_millis(1), Duration::from_millis(10))
+    (margin / 4).clamp(Duration::from_millis(5), Duration::from_millis(50))
         + Duration::from_millis(1)
 }
 
@@ -86,6 +87,9 @@ struct Shared {
     keys: Keys,
     token: Arc<str>,
     fence: Option<u64>,
+    /// Keys that must live as long as the lock's, extended with them (a
+    /// permit's count record); empty for most locks.
+    companions: Keys,
     /// The current status; `changed` wakes the waiters of `lost()` and the
     /// keep-alive task whenever it changes.
     status: std::sync::Mutex<Status>,
@@ -229,9 +233,10 @@ impl Shared {
         }
         let mut calls = self.inner.fan_out(|inner, i| {
             let (key, token) = (self.keys.clone(), self.token.clone());
+            let companions = self.companions.clone();
             async move {
                 let reply = inner.nodes[i]
-                    .extend(&inner.scripts, &key, &token, plan.ttl_ms)
+                    .extend(&inner.scripts, &key, &companions, &token, plan.ttl_ms)
                     .await;
                 (i, reply)
             }
@@ -551,7 +556,7 @@ impl Lock {
         ttl: Duration,
         (deadline, validity, suspended): (Instant, Duration, Duration),
         late_sets: Option<InFlight>,
-        fence: Option<u64>,
+        (fence, companions): (Option<u64>, Option<Keys>),
     ) -> Self {
         let status = Status {
             deadline,
@@ -568,6 +573,7 @@ impl Lock {
             keys,
             token,
             fence,
+            companions: companions.unwrap_or_else(|| Arc::from([])),
             status: std::sync::Mutex::new(status),
             changed: Notify::new(),
             deleted: AtomicU64::new(0),

@@ -24,7 +24,7 @@ pub(crate) struct Scripts {
     acquire_fenced: Script,
     fence_commit: Script,
     inspect: Script,
-    semaphore_register: Script,
+    semaphore_acquire: Script,
     rw_read: Script,
     rw_write: Script,
 }
@@ -45,7 +45,7 @@ impl Scripts {
             acquire_fenced: Script::new(include_str!("scripts/acquire_fenced.lua")),
             fence_commit: Script::new(include_str!("scripts/fence_commit.lua")),
             inspect: Script::new(include_str!("scripts/inspect.lua")),
-            semaphore_register: Script::new(include_str!("scripts/semaphore_register.lua")),
+            semaphore_acquire: Script::new(include_str!("scripts/semaphore_acquire.lua")),
             rw_read: Script::new(concat!(
                 include_str!("scripts/rw_kind.lua"),
                 include_str!("scripts/rw_read.lua")
@@ -83,15 +83,28 @@ pub(crate) fn evalsha(script: &Script, keys: &[Arc<str>], more: &[Arc<str>]) -> 
 /// A connection to one node. Cheap to share: the link is a handle.
 pub(crate) struct Node {
     link: Arc<Link>,
+    /// Fence counters are read and written only on a server that keeps
+    /// every write (see `Builder::require_durable_fences`).
+    durable_fences: bool,
 }
 
 impl Node {
     /// The connection opens on first use (or in [`warm_up`](Self::warm_up)):
     /// a node that is down at start-up counts as unknown until it comes back.
-    pub(crate) fn new(link: Link) -> Self {
+    pub(crate) fn new(link: Link, durable_fences: bool) -> Self {
         Self {
             link: Arc::new(link),
+            durable_fences,
         }
+    }
+
+    /// Why the server behind the current connection may lose fence
+    /// counters, when fences need durable nodes and it may.
+    pub(crate) fn fence_risk(&self) -> Option<&'static str> {
+        self.durable_fences
+            .then(|| self.link.durability())
+            .flatten()
+            .and_then(|d| d.lack())
     }
 
     /// A call got no reply within `waited`: watch the connection (see
@@ -170,7 +183,7 @@ impl Node {
         cmd.arg(token).arg(ttl_ms).arg(keys.len());
         let mut counter = None;
         let reply = self
-            .repeatable(&cmd, script, |n| {
+            .repeatable_on(&cmd, script, self.durable_fences, |n| {
                 counter = u64::try_from(n).ok();
                 counter.is_some()
             })
@@ -190,7 +203,8 @@ impl Node {
         let script = &scripts.fence_commit;
         let mut cmd = evalsha(script, keys, fence_keys);
         cmd.arg(token).arg(fence).arg(keys.len());
-        self.repeatable(&cmd, script, |n| n == 1).await
+        self.repeatable_on(&cmd, script, self.durable_fences, |n| n == 1)
+            .await
     }
 
     /// `SET key token NX PX ttl_ms` once more, for an attempt that leads a
@@ -264,16 +278,18 @@ impl Node {
         (reply, heard)
     }
 
-    /// Compare-and-expire: `Yes` when our keys now live `ttl_ms` more.
+    /// Compare-and-expire: `Yes` when our keys now live `ttl_ms` more;
+    /// `companions` are made to live at least as long (see `extend.lua`).
     pub(crate) async fn extend(
         &self,
         scripts: &Scripts,
         keys: &[Arc<str>],
+        companions: &[Arc<str>],
         token: &str,
         ttl_ms: u64,
     ) -> Reply {
-        let mut cmd = evalsha(&scripts.extend, keys, &[]);
-        cmd.arg(token).arg(ttl_ms);
+        let mut cmd = evalsha(&scripts.extend, keys, companions);
+        cmd.arg(token).arg(ttl_ms).arg(keys.len());
         self.repeatable(&cmd, &scripts.extend, |n| n == 1).await
     }
 
@@ -310,26 +326,40 @@ impl Node {
         ttl_ms: u64,
     ) -> (Reply, Option<u64>) {
         let [name, writer, intent, readers] = &admission.keys;
-        let mut keys = vec![
-            name.clone(),
-            writer.clone(),
-            intent.clone(),
-            readers.clone(),
-        ];
+        let mut keys = match admission.side {
+            Side::Permit(_) => vec![name.clone(), key.clone()],
+            _ => vec![
+                name.clone(),
+                writer.clone(),
+                intent.clone(),
+                readers.clone(),
+            ],
+        };
         let script = match admission.side {
             Side::Read => {
                 keys.push(key.clone());
                 &scripts.rw_read
             }
             Side::Write => &scripts.rw_write,
+            Side::Permit(_) => &scripts.semaphore_acquire,
         };
         keys.extend(admission.fence_key.clone());
         let mut eval = evalsha(script, &keys, &[]);
         eval.arg(token).arg(ttl_ms);
-        if admission.side == Side::Write {
-            eval.arg(admission.intent_ms).arg(&*admission.writer_id);
+        match admission.side {
+            Side::Write => {
+                eval.arg(admission.intent_ms).arg(&*admission.writer_id);
+            }
+            Side::Permit(permits) => {
+                eval.arg(permits);
+            }
+            Side::Read => {}
         }
-        match self.run_script::<(i64, i64)>(&eval, script).await {
+        let durable = self.durable_fences && admission.fence_key.is_some();
+        match self
+            .run_script_on::<(i64, i64)>(&eval, script, durable)
+            .await
+        {
             (Ok((1, fence)), retried) => (
                 if retried {
                     Reply::YesRetried
@@ -339,25 +369,12 @@ impl Node {
                 u64::try_from(fence).ok(),
             ),
             (Ok((0, _)), _) => (Reply::No, None),
-            (Ok((kind, _)), _) => {
-                admission.found(kind);
+            (Ok((kind, value)), _) => {
+                admission.found(kind, value);
                 (Reply::No, None)
             }
             (Err(reply), _) => (reply, None),
         }
-    }
-
-    /// Records or checks a semaphore's permit count (`semaphore_register.lua`):
-    /// 0 when it agrees, else what the node holds instead.
-    pub(crate) async fn register_semaphore(
-        &self,
-        scripts: &Scripts,
-        key: &Arc<str>,
-        permits: u32,
-    ) -> Result<i64, Reply> {
-        let mut eval = evalsha(&scripts.semaphore_register, std::slice::from_ref(key), &[]);
-        eval.arg(permits);
-        self.run_script(&eval, &scripts.semaphore_register).await.0
     }
 
     /// Runs a script that is safe to repeat (`eval`, built by [`evalsha`]),
@@ -365,13 +382,20 @@ impl Node {
     /// reset connection must not leave a key behind for a whole TTL. A node
     /// that lost its scripts (a restart) is given `script` and asked again.
     /// `yes` decides which result is a yes.
-    async fn repeatable(
+    async fn repeatable(&self, eval: &Cmd, script: &Script, yes: impl FnMut(i64) -> bool) -> Reply {
+        self.repeatable_on(eval, script, false, yes).await
+    }
+
+    /// As [`repeatable`](Self::repeatable); with `durable`, only on a
+    /// server that keeps every write (see [`run_script_on`](Self::run_script_on)).
+    async fn repeatable_on(
         &self,
         eval: &Cmd,
         script: &Script,
+        durable: bool,
         mut yes: impl FnMut(i64) -> bool,
     ) -> Reply {
-        match self.run_script::<i64>(eval, script).await {
+        match self.run_script_on::<i64>(eval, script, durable).await {
             (Ok(n), retried) if yes(n) && retried => Reply::YesRetried,
             (Ok(n), _) if yes(n) => Reply::Yes,
             (Ok(_), _) => Reply::No,
@@ -388,12 +412,29 @@ impl Node {
         eval: &Cmd,
         script: &Script,
     ) -> (Result<T, Reply>, bool) {
+        self.run_script_on(eval, script, false).await
+    }
+
+    /// As [`run_script`](Self::run_script); with `durable`, the script is
+    /// not sent to a server that may lose acknowledged writes: the reply is
+    /// then a [`FailureKind::NotDurable`] failure (checked on the very
+    /// connection the script would go out on, so a node that came back
+    /// with other settings is checked again).
+    pub(crate) async fn run_script_on<T: FromRedisValue>(
+        &self,
+        eval: &Cmd,
+        script: &Script,
+        durable: bool,
+    ) -> (Result<T, Reply>, bool) {
         let mut outcome = Err(Reply::Fail(FailureKind::Unreachable, None));
         for again in [false, true] {
             let call = match self.begin().await {
                 Ok(call) => call,
                 Err(reply) => return (Err(reply), again),
             };
+            if durable && call.conn().durable.lack().is_some() {
+                return (Err(Reply::Fail(FailureKind::NotDurable, None)), again);
+            }
             let mut mux = call.mux();
             let mut result = eval.query_async::<T>(&mut mux).await;
             if matches!(&result, Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript))

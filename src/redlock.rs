@@ -711,7 +711,7 @@ async fn attempt_in_span(
                     // A writer's fence is above every counter it read; a
                     // reader's is the last writer's.
                     let fence = match admission.side {
-                        Side::Write => c.saturating_add(1),
+                        Side::Write | Side::Permit(_) => c.saturating_add(1),
                         Side::Read => c,
                     };
                     counters[i].store(fence, Ordering::SeqCst);
@@ -848,7 +848,7 @@ async fn attempt_in_span(
                 ttl,
                 ((start + validity).into_std(), validity, suspended),
                 merge(in_flight(calls), asked_again),
-                fence,
+                (fence, admission.as_ref().and_then(|a| a.companions())),
             ));
         }
         (Err(error), _, _) => error,

@@ -43,6 +43,9 @@ use crate::slots;
 pub(crate) enum Side {
     Read,
     Write,
+    /// A permit of a semaphore of this many (see `semaphore_acquire.lua`):
+    /// `keys[0]` is the count's record, the lock key is the slot.
+    Permit(u32),
 }
 
 /// How an attempt is admitted on each node (see `rw_read.lua` and
@@ -62,13 +65,44 @@ pub(crate) struct Admission {
 }
 
 impl Admission {
+    /// A permit's admission: the semaphore `name` of `permits`, whose
+    /// count is recorded under `record`; `fence_key` is its slot's counter.
+    pub(crate) fn permit(
+        name: &str,
+        record: &Arc<str>,
+        permits: u32,
+        fence_key: Option<Arc<str>>,
+    ) -> Arc<Self> {
+        Arc::new(Admission {
+            side: Side::Permit(permits),
+            keys: [
+                record.clone(),
+                record.clone(),
+                record.clone(),
+                record.clone(),
+            ],
+            fence_key,
+            intent_ms: 0,
+            writer_id: Arc::from(""),
+            name: name.to_string(),
+            found: Mutex::new(None),
+        })
+    }
+
+    /// Keys that must outlive the lock, extended with it: a permit's
+    /// count record.
+    pub(crate) fn companions(&self) -> Option<Keys> {
+        matches!(self.side, Side::Permit(_)).then(|| Arc::from([self.keys[0].clone()]))
+    }
+
     /// A node said the name is in use otherwise (`-1`: a mutex or another
-    /// value, else another kind of lock).
-    pub(crate) fn found(&self, code: i64) {
-        let in_use = if code == -1 {
-            InUse::Mutex
-        } else {
-            InUse::OtherKind
+    /// value, `-3`: a semaphore of `value` permits, else another kind of
+    /// lock).
+    pub(crate) fn found(&self, code: i64, value: i64) {
+        let in_use = match code {
+            -1 => InUse::Mutex,
+            -3 => InUse::Semaphore(u32::try_from(value).unwrap_or(u32::MAX)),
+            _ => InUse::OtherKind,
         };
         *crate::link::lock(&self.found) = Some(in_use);
     }

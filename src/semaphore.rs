@@ -15,23 +15,33 @@
 //! permit is a [`Lock`]: extend, release, keep-alive, `lost()`, release on
 //! drop and fencing (per slot) work as they do for a mutex.
 //!
-//! The permit count is recorded under the name's own key (a hash, kept
-//! without a TTL like fencing counters) the first time it is used, and
-//! checked by every client: one that asks for another count gets
-//! [`Error::NameInUse`] instead of silently admitting more holders. A mutex
-//! of the same name is refused the same way, and a mutex asked for on a
-//! semaphore's name is refused by the nodes (`WRONGTYPE`). To change the
-//! count, delete the key on every node while nobody holds a permit.
+//! # Every client must use the same count
+//! Two clients of one name with different counts would admit more holders
+//! than either count. So each node records the count under the name's own
+//! key (a hash), and grants a permit slot only in the same script that
+//! finds the record equal to the asker's count, or absent (then it records
+//! it): a client of another count gets [`Error::NameInUse`]. The record is
+//! not permanent state: it lives at least as long as every permit that
+//! node granted (set with the permit, raised with each extension) and
+//! expires after the last one. That is enough: while a holder of count
+//! `P` holds, its quorum of nodes keeps its key and so the record `P`, and
+//! any quorum of another count would share a node with it. So the record
+//! needs no persistence, and a node restarted empty (after the TTL, as
+//! for every lock) forgot only records of permits that had expired
+//! anyway; and once nobody holds a permit, the name's keys are gone and
+//! the count may change. A mutex of the same name is refused the same
+//! way, and a mutex asked for on a semaphore's name is refused by the
+//! nodes (`WRONGTYPE`) while a permit is held.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use crate::error::{Error, InUse};
+use crate::error::Error;
 use crate::inspect::{Inspection, Named};
 use crate::lock::Lock;
-use crate::quorum::{Reply, Standing};
-use crate::redlock::{attempt, Failed, Keys, Plan, Redlock};
+use crate::quorum::Standing;
+use crate::redlock::{attempt_as, fence_key, Failed, Keys, Plan, Redlock};
+use crate::rwlock::Admission;
 use crate::slots;
 
 /// More permits than this are refused: each try walks the slots.
@@ -66,8 +76,6 @@ struct Shared {
     slots: Vec<Keys>,
     /// Every slot key, for waiting on a release of any of them.
     all: Keys,
-    /// The count was recorded or found equal on a quorum.
-    registered: AtomicBool,
 }
 
 impl std::fmt::Debug for Semaphore {
@@ -89,7 +97,7 @@ impl Redlock {
     /// A semaphore of `permits` permits named `name`: at most `permits`
     /// holders at once, safe while a minority of nodes fails (see
     /// [`Semaphore`] for why). Every client of a name must use the same
-    /// count; the first use records it on the nodes.
+    /// count; each node records it while it holds a permit of it.
     ///
     /// Bad input (an empty name, zero permits, more than 1024) is reported
     /// by the semaphore's calls as [`Error::InvalidInput`].
@@ -109,12 +117,7 @@ impl Redlock {
             redlock: self.clone(),
             name: name.to_string(),
             permits,
-            shared: Arc::new(Shared {
-                key,
-                slots,
-                all,
-                registered: AtomicBool::new(false),
-            }),
+            shared: Arc::new(Shared { key, slots, all }),
         }
     }
 }
@@ -214,8 +217,8 @@ impl Semaphore {
     /// Tries the permits once each, from a random one on (so clients spread
     /// over them), until one is won.
     async fn try_once(&self, plan: Plan) -> Result<Lock, Failed> {
-        self.register().await?;
         let inner = &self.redlock.inner;
+        let record = self.key()?;
         let slots = &self.shared.slots;
         let first = rand::random_range(0..slots.len());
         let mut seen_held = false;
@@ -223,7 +226,9 @@ impl Semaphore {
         let mut last = None;
         for i in 0..slots.len() {
             let keys = slots[(first + i) % slots.len()].clone();
-            match attempt(inner, keys, plan).await {
+            let fence = inner.fencing.then(|| fence_key(&keys[0]));
+            let admission = Admission::permit(&self.name, record, self.permits, fence);
+            match attempt_as(inner, keys, plan, Some(admission)).await {
                 Ok(lock) => return Ok(lock),
                 // Held by someone: the next permit may be free. With a node
                 // down, a held slot can read as `Unavailable` (one refusal
@@ -251,52 +256,5 @@ impl Semaphore {
             seen_held,
             contest,
         })
-    }
-
-    /// Records the permit count on the nodes, or checks it against theirs,
-    /// once per handle: on a quorum, and against every node that answers.
-    async fn register(&self) -> Result<(), Error> {
-        if self.shared.registered.load(Ordering::Acquire) {
-            return Ok(());
-        }
-        let key = self.key()?.clone();
-        let inner = self.redlock.inner.clone();
-        let found: Arc<Mutex<Option<InUse>>> = Arc::default();
-        let permits = self.permits;
-        let mut calls = inner.fan_out(|inner, i| {
-            let (key, found) = (key.clone(), found.clone());
-            async move {
-                let reply = match inner.nodes[i]
-                    .register_semaphore(&inner.scripts, &key, permits)
-                    .await
-                {
-                    Ok(0) => Reply::Yes,
-                    Ok(other) => {
-                        let in_use = match other {
-                            -1 => InUse::Mutex,
-                            n if n > 0 => InUse::Semaphore(u32::try_from(n).unwrap_or(u32::MAX)),
-                            _ => InUse::OtherKind,
-                        };
-                        *crate::link::lock(&found) = Some(in_use);
-                        Reply::No
-                    }
-                    Err(reply) => reply,
-                };
-                (i, reply)
-            }
-        });
-        let deadline = crate::quorum::deadline_in(inner.node_timeout);
-        let tally = inner.gather(&mut calls, deadline, inner.node_timeout).await;
-        if let Some(found) = *crate::link::lock(&found) {
-            return Err(Error::NameInUse {
-                name: self.name.clone(),
-                found,
-            });
-        }
-        if tally.decision() != Some(crate::quorum::Decision::Won) {
-            return Err(tally.error());
-        }
-        self.shared.registered.store(true, Ordering::Release);
-        Ok(())
     }
 }

@@ -107,6 +107,8 @@ async fn sets_and_fences_share_a_slot() {
     let clusters = clusters(3, 0);
     let redlock = builder(&clusters)
         .fencing(true)
+        // Spawned test nodes keep no AOF: tests/fencing.rs checks durability.
+        .require_durable_fences(false)
         .retry(RetryPolicy::none())
         .build()
         .await

@@ -16,7 +16,13 @@ async fn fence_counters_are_out_of_reach_of_resource_names() {
     let Some((urls, _cluster)) = support::nodes(3) else {
         return;
     };
-    let fenced = support::builder(&urls).fencing(true).build().await.unwrap();
+    let fenced = support::builder(&urls)
+        .fencing(true)
+        // Spawned test nodes keep no AOF: tests/fencing.rs checks durability.
+        .require_durable_fences(false)
+        .build()
+        .await
+        .unwrap();
     let x = unique("x");
     let lock = fenced
         .try_acquire(&x, Duration::from_secs(5))
@@ -113,6 +119,8 @@ async fn fenced_locks_work_on_cluster_enabled_nodes() {
     };
     let fenced = support::builder(&nodes.urls())
         .fencing(true)
+        // Spawned test nodes keep no AOF: tests/fencing.rs checks durability.
+        .require_durable_fences(false)
         .build()
         .await
         .unwrap();

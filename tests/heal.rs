@@ -213,6 +213,8 @@ async fn every_operation(urls: &[String], admin_urls: &[String]) {
     let redlock = support::builder(urls)
         .key_prefix("app:")
         .fencing(true)
+        // Spawned test nodes keep no AOF: tests/fencing.rs checks durability.
+        .require_durable_fences(false)
         .retry(
             RetryPolicy::new()
                 .attempts(100)

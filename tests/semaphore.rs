@@ -58,7 +58,13 @@ async fn a_permit_is_a_lock_extended_kept_alive_and_fenced() {
     let Some((urls, _cluster)) = support::nodes(3) else {
         return;
     };
-    let redlock = support::builder(&urls).fencing(true).build().await.unwrap();
+    let redlock = support::builder(&urls)
+        .fencing(true)
+        // Spawned test nodes keep no AOF: tests/fencing.rs checks durability.
+        .require_durable_fences(false)
+        .build()
+        .await
+        .unwrap();
     let one = redlock.semaphore(&unique("single"), 1);
     let mut permit = one.acquire(Duration::from_millis(300)).await.unwrap();
     let first = permit.fence().unwrap();
@@ -363,4 +369,59 @@ async fn inspect_says_what_else_a_name_is_used_as() {
     assert_eq!(redlock.rw_lock(&rw).inspect().await.unwrap().in_use(), None);
     let seen = redlock.inspect(&rw).await.unwrap();
     assert_eq!(seen.in_use(), Some(InUse::OtherKind), "{seen:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_count_record_lost_in_restarts_admits_no_other_count() {
+    let Some(mut cluster) = support::cluster(3) else {
+        return;
+    };
+    let urls = cluster.urls();
+    let name = unique("recorded");
+    let ttl = Duration::from_secs(2);
+    let two = manager(&urls).await.semaphore(&name, 2);
+    drop(two.try_acquire(ttl).await.unwrap()); // the count is recorded
+                                               // Nodes 1 and 2 restart empty while nobody holds a permit (no lock
+                                               // key is lost, so no TTL need pass): their records are gone.
+    cluster.restart(1);
+    cluster.restart(2);
+    let probe = manager(&urls).await;
+    support::node_votes_again(&probe, &cluster.url(1), TTL).await;
+    support::node_votes_again(&probe, &cluster.url(2), TTL).await;
+    // The same handle takes both permits again, on all three nodes.
+    let held = [
+        two.try_acquire(ttl).await.unwrap(),
+        two.try_acquire(ttl).await.unwrap(),
+    ];
+    // With node 0 frozen, a client of another count finds nodes 1 and 2
+    // only: it must still be refused.
+    cluster.freeze(0);
+    let three = manager(&urls).await.semaphore(&name, 3);
+    let third = three.try_acquire(ttl).await;
+    cluster.thaw(0);
+    match third {
+        Err(Error::NameInUse {
+            found: InUse::Semaphore(2),
+            ..
+        }) => {}
+        Ok(permit) => panic!(
+            "a third holder beside two of a 2-permit semaphore: {}",
+            permit.key()
+        ),
+        Err(e) => panic!("{e:?}"),
+    }
+    drop(held);
+    // Once no permit is held, the record expires after the last one:
+    // nothing of the name stays on the nodes.
+    for url in &urls {
+        support::eventually(Duration::from_secs(5), "the record expires", || async {
+            let kind: String = redis::cmd("TYPE")
+                .arg(&name)
+                .query_async(&mut support::conn(url).await)
+                .await
+                .unwrap();
+            kind == "none"
+        })
+        .await;
+    }
 }

@@ -145,7 +145,8 @@ struct Run {
     /// Hold one of N permits of a semaphore NAME instead of the mutex.
     #[arg(long)]
     permits: Option<u32>,
-    /// Hand the command a fencing token in QUORUMLOCK_FENCE.
+    /// Hand the command a fencing token in QUORUMLOCK_FENCE. Needs nodes
+    /// that keep every write (appendonly yes, appendfsync always).
     #[arg(long)]
     fencing: bool,
     /// The time the command is given to stop. When the lock cannot be

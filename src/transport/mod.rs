@@ -200,6 +200,35 @@ pub(crate) struct ServerInfo {
     /// Which server it is, to find two entries that are one server.
     pub(crate) run_id: Option<String>,
     pub(crate) major: u32,
+    /// Whether it keeps every acknowledged write through a restart.
+    pub(crate) durable: Durability,
+}
+
+/// Whether a server keeps every write it acknowledged through a crash or
+/// restart: `appendonly yes` with `appendfsync always`. Counters (fences)
+/// are only as permanent as that.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Durability {
+    /// Every write is in the append-only file, fsynced, before the reply.
+    EveryWrite,
+    /// It is not: why.
+    No(&'static str),
+    /// It could not be told: why.
+    #[default]
+    Unknown,
+}
+
+impl Durability {
+    /// Why it is not known to keep every write, if it is not.
+    pub(crate) fn lack(self) -> Option<&'static str> {
+        match self {
+            Durability::EveryWrite => None,
+            Durability::No(why) => Some(why),
+            Durability::Unknown => Some(
+                "cannot tell whether it keeps every write (INFO persistence or CONFIG GET appendfsync is not allowed)",
+            ),
+        }
+    }
 }
 
 /// Asks the server who it is. A user without `INFO` still connects; only
@@ -215,7 +244,46 @@ pub(crate) async fn identify(wire: &mut impl ConnectionLike) -> Result<ServerInf
         Err(e) if e.kind() == ErrorKind::Server(redis::ServerErrorKind::NoPerm) => String::new(),
         Err(e) => return Err(e),
     };
-    Ok(parse_info(&text))
+    let mut info = parse_info(&text);
+    info.durable = durability(wire).await?;
+    Ok(info)
+}
+
+/// Asks whether the server persists every write (`INFO persistence` and
+/// `CONFIG GET appendfsync`). A user without those permissions still
+/// connects: its durability is then unknown.
+async fn durability(wire: &mut impl ConnectionLike) -> Result<Durability, RedisError> {
+    let denied = |e: &RedisError| {
+        e.kind() == ErrorKind::Server(redis::ServerErrorKind::NoPerm)
+            || e.code() == Some("ERR") && e.detail().is_some_and(|d| d.contains("unknown command"))
+    };
+    let persistence = match redis::cmd("INFO")
+        .arg("persistence")
+        .query_async::<String>(wire)
+        .await
+    {
+        Ok(text) => text,
+        Err(e) if denied(&e) => return Ok(Durability::Unknown),
+        Err(e) => return Err(e),
+    };
+    if !persistence.lines().any(|l| l.trim() == "aof_enabled:1") {
+        return Ok(Durability::No(
+            "appendonly is off: a restart loses its counters",
+        ));
+    }
+    match redis::cmd("CONFIG")
+        .arg("GET")
+        .arg("appendfsync")
+        .query_async::<Vec<String>>(wire)
+        .await
+    {
+        Ok(pair) if pair.get(1).map(String::as_str) == Some("always") => Ok(Durability::EveryWrite),
+        Ok(_) => Ok(Durability::No(
+            "appendfsync is not `always`: a crash loses the last writes",
+        )),
+        Err(e) if denied(&e) => Ok(Durability::Unknown),
+        Err(e) => Err(e),
+    }
 }
 
 pub(crate) fn parse_info(text: &str) -> ServerInfo {
@@ -229,5 +297,6 @@ pub(crate) fn parse_info(text: &str) -> ServerInfo {
         major: field("redis_version")
             .and_then(|v| v.split('.').next()?.parse().ok())
             .unwrap_or(0),
+        durable: Durability::Unknown,
     }
 }

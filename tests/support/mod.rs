@@ -91,13 +91,21 @@ impl Cluster {
         self.signal(i, "-CONT");
     }
 
-    /// Starts node `i` again on its old port, with empty data.
+    /// Starts node `i` again on its old port, with empty data (or, for
+    /// [`DURABLE`] nodes, what its append-only file kept).
     pub fn restart(&mut self, i: usize) {
+        let extra = self.extra.clone();
+        self.restart_with(i, &extra);
+    }
+
+    /// As [`restart`](Self::restart), with other `redis-server` arguments
+    /// (an operator who changed the node's configuration).
+    pub fn restart_with(&mut self, i: usize, extra: &[String]) {
         self.kill(i);
         let port = self.servers[i].port;
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            let mut child = spawn_server(port, &self.extra);
+            let mut child = spawn_server(port, extra);
             if wait_for_ping(port, &mut child) {
                 self.servers[i].child = Some(child);
                 return;
@@ -125,8 +133,25 @@ impl Drop for Cluster {
     fn drop(&mut self) {
         for i in 0..self.servers.len() {
             self.kill(i);
+            let _ = std::fs::remove_dir_all(data_dir(self.servers[i].port));
         }
     }
+}
+
+/// `redis-server` arguments for nodes that keep every write they
+/// acknowledged, each in a directory of its own that outlives a restart.
+pub const DURABLE: &[&str] = &[
+    "--appendonly",
+    "yes",
+    "--appendfsync",
+    "always",
+    "--dir",
+    "{dir}",
+];
+
+/// Where a node started with `{dir}` keeps its files.
+fn data_dir(port: u16) -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("quorumlock-test-data-{port}"))
 }
 
 /// Nodes for a test that needs no process control: external ones when
@@ -237,6 +262,10 @@ pub(crate) fn free_port() -> u16 {
 }
 
 fn spawn_server(port: u16, extra: &[String]) -> Child {
+    let dir = data_dir(port);
+    if extra.iter().any(|a| a.contains("{dir}")) {
+        std::fs::create_dir_all(&dir).expect("create a node's data directory");
+    }
     Command::new("redis-server")
         .args(["--port", &port.to_string()])
         .args(["--bind", "127.0.0.1"])
@@ -246,6 +275,7 @@ fn spawn_server(port: u16, extra: &[String]) -> Child {
         .args(extra.iter().map(|a| {
             a.replace("{port}", &port.to_string())
                 .replace("{free}", &free_port().to_string())
+                .replace("{dir}", &dir.to_string_lossy())
         }))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
