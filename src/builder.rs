@@ -471,12 +471,13 @@ impl Builder {
         self
     }
 
-    /// How long [`Lock::release`](crate::Lock::release) waits for a quorum of
-    /// nodes to confirm their deletes. A release returns as soon as a
-    /// quorum confirmed; this is only how long a slow node is waited for
-    /// (on a busy machine a delete can answer after the node timeout, and
-    /// it still counts). Deletes still out then go on in the background.
-    /// Never shorter than the node timeout. Default: 1 s.
+    /// How long [`Lock::release`](crate::Lock::release) may wait for a
+    /// quorum of nodes to confirm their deletes. A release returns as soon
+    /// as a quorum confirmed; past the node timeout it waits on only for
+    /// nodes whose connections still bring replies (on a busy machine a
+    /// delete can answer late, and it still counts), not for a node silent
+    /// for two node timeouts. Deletes still out then go on in the
+    /// background. Never shorter than the node timeout. Default: 1 s.
     pub fn release_timeout(mut self, timeout: Duration) -> Self {
         self.release_timeout = timeout;
         self

@@ -181,7 +181,7 @@ impl Tally {
     }
 
     /// The nodes not heard from yet.
-    fn silent(&self) -> impl Iterator<Item = usize> + '_ {
+    pub(crate) fn silent(&self) -> impl Iterator<Item = usize> + '_ {
         (0..self.nodes).filter(move |&i| self.heard & (1u64 << i) == 0)
     }
 
@@ -466,6 +466,48 @@ pub(crate) async fn gather<S>(
     }
 }
 
+/// As [`gather`], for a release: when `window` has passed undecided, it
+/// waits one more window at a time, up to `limit`, while `flowing` says
+/// the silent nodes still deliver replies on their connections (a busy
+/// machine whose replies queue, not a dead node), so a delete that answers
+/// late still counts.
+pub(crate) async fn gather_patiently<S>(
+    replies: &mut S,
+    tally: &mut Tally,
+    (start, window, limit): (Instant, Duration, Instant),
+    flowing: impl Fn(&Tally) -> bool,
+) where
+    S: Stream<Item = (usize, Reply)> + Unpin,
+{
+    let mut deadline = (start + window).min(limit);
+    let timer = tokio::time::sleep_until(deadline);
+    tokio::pin!(timer);
+    while tally.decision().is_none() {
+        tokio::select! {
+            biased;
+            reply = replies.next() => match reply {
+                Some((node, reply)) => tally.record(node, reply),
+                None => break,
+            },
+            () = &mut timer => {
+                if deadline < limit && flowing(tally) {
+                    deadline = (deadline + window).min(limit);
+                    timer.as_mut().reset(deadline);
+                } else {
+                    tally.expired = true;
+                    break;
+                }
+            }
+        }
+    }
+    let waited = if tally.expired {
+        deadline.saturating_duration_since(start)
+    } else {
+        start.elapsed()
+    };
+    tally.close(waited);
+}
+
 /// Every silent node answers about as fast as the fastest node does.
 fn stragglers_healthy(tally: &Tally, usual: &(dyn Fn(usize) -> Duration + Sync)) -> bool {
     let fastest = (0..tally.nodes).map(usual).min().unwrap_or_default();
@@ -636,6 +678,36 @@ mod tests {
             .enumerate()
             .map(|(node, (ms, reply))| after(node, ms, reply))
             .collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_release_waits_past_the_window_only_while_replies_flow() {
+        let window = Duration::from_millis(50);
+        // A delete that answers at 120 ms counts while the node is busy,
+        // not dead ...
+        let start = Instant::now();
+        let mut c = calls([(1, Reply::Yes), (120, Reply::Yes), (5000, Reply::Yes)]);
+        let mut t = Tally::new(3);
+        let limit = start + Duration::from_secs(1);
+        gather_patiently(&mut c, &mut t, (start, window, limit), |_| true).await;
+        assert_eq!(t.decision(), Some(Decision::Won));
+        assert_eq!(start.elapsed(), Duration::from_millis(120));
+        // ... and is not waited for past the window when nothing flows.
+        let start = Instant::now();
+        let mut c = calls([(1, Reply::Yes), (120, Reply::Yes), (5000, Reply::Yes)]);
+        let mut t = Tally::new(3);
+        let limit = start + Duration::from_secs(1);
+        gather_patiently(&mut c, &mut t, (start, window, limit), |_| false).await;
+        assert!(t.expired() && t.decision() == Some(Decision::Lost));
+        assert_eq!(start.elapsed(), window);
+        // Never past the limit.
+        let start = Instant::now();
+        let mut c = calls([(1, Reply::Yes), (5000, Reply::Yes), (5000, Reply::Yes)]);
+        let mut t = Tally::new(3);
+        let limit = start + Duration::from_millis(130);
+        gather_patiently(&mut c, &mut t, (start, window, limit), |_| true).await;
+        assert!(t.expired());
+        assert_eq!(start.elapsed(), Duration::from_millis(130));
     }
 
     #[tokio::test(start_paused = true)]

@@ -597,11 +597,33 @@ impl Inner {
                 (i, reply)
             }
         });
-        // Past the node timeout too: a delete that is merely slow still
-        // counts, so a release that removed the keys never reads as failed.
-        let wait = self.release_timeout.max(self.node_timeout);
-        let deadline = quorum::deadline_in(wait);
-        let tally = self.gather(&mut calls, deadline, wait).await;
+        // Past the node timeout too, up to the release timeout, while the
+        // silent nodes' connections still bring replies: on a busy machine a
+        // delete that is merely slow still counts, so a release that removed
+        // the keys does not read as failed. A frozen or dead node (nothing
+        // on its connection for two node timeouts) is not waited for.
+        let start = Instant::now();
+        let limit = start + self.release_timeout.max(self.node_timeout);
+        let mut tally = Tally::new(self.nodes.len());
+        let flowing = |tally: &Tally| {
+            tally
+                .silent()
+                .all(|node| self.nodes[node].usual_latency() < self.node_timeout * 2)
+        };
+        quorum::gather_patiently(
+            &mut calls,
+            &mut tally,
+            (start, self.node_timeout, limit),
+            flowing,
+        )
+        .await;
+        if tally.expired() {
+            for failure in tally.failures() {
+                if let FailureKind::TimedOut(waited) = failure.kind() {
+                    self.nodes[failure.node()].timed_out(waited);
+                }
+            }
+        }
         (tally, in_flight(calls))
     }
 }
