@@ -84,5 +84,8 @@ pub async fn network_faults(kind: Kind, judge: impl Fn(&str, &Report, usize)) {
     net.proxies[0].blackhole();
     let report = witness::run(&net.urls(), &load(kind, "blackhole", Style::Acquire)).await;
     net.proxies[0].heal();
-    judge("blackholed node", &report, 30);
+    // A stall, not a rate: a read-write lock's waiting writers got 24-105
+    // acquisitions here in 1.5 s on a busy 2-core machine (30 failed a
+    // fresh-clone run); what a blackholed node costs is the sick bench's.
+    judge("blackholed node", &report, 10);
 }
