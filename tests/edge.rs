@@ -16,13 +16,7 @@ async fn fence_counters_are_out_of_reach_of_resource_names() {
     let Some((urls, _cluster)) = support::nodes(3) else {
         return;
     };
-    let fenced = support::builder(&urls)
-        .fencing(true)
-        // Spawned test nodes keep no AOF: tests/fencing.rs checks durability.
-        .require_durable_fences(false)
-        .build()
-        .await
-        .unwrap();
+    let fenced = support::fenced_builder(&urls).build().await.unwrap();
     let x = unique("x");
     let lock = fenced
         .try_acquire(&x, Duration::from_secs(5))
@@ -117,10 +111,7 @@ async fn fenced_locks_work_on_cluster_enabled_nodes() {
     let Some((nodes, files)) = cluster_enabled_nodes().await else {
         return;
     };
-    let fenced = support::builder(&nodes.urls())
-        .fencing(true)
-        // Spawned test nodes keep no AOF: tests/fencing.rs checks durability.
-        .require_durable_fences(false)
+    let fenced = support::fenced_builder(&nodes.urls())
         .build()
         .await
         .unwrap();

@@ -145,13 +145,7 @@ async fn extend_and_fence_cover_the_whole_set() {
     let Some((urls, _cluster)) = support::nodes(3) else {
         return;
     };
-    let redlock = support::builder(&urls)
-        .fencing(true)
-        // Spawned test nodes keep no AOF: tests/fencing.rs checks durability.
-        .require_durable_fences(false)
-        .build()
-        .await
-        .unwrap();
+    let redlock = support::fenced_builder(&urls).build().await.unwrap();
     let names: Vec<String> = ["p", "q"].iter().map(|n| unique(n)).collect();
     let set: Vec<&str> = names.iter().map(String::as_str).collect();
     let mut lock = redlock

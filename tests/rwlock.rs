@@ -118,13 +118,7 @@ async fn fences_grow_with_writers_and_readers_see_the_last_one() {
     let Some((urls, _cluster)) = support::nodes(3) else {
         return;
     };
-    let redlock = support::builder(&urls)
-        .fencing(true)
-        // Spawned test nodes keep no AOF: tests/fencing.rs checks durability.
-        .require_durable_fences(false)
-        .build()
-        .await
-        .unwrap();
+    let redlock = support::fenced_builder(&urls).build().await.unwrap();
     let lock = redlock.rw_lock(&unique("fenced"));
     let w1 = lock.try_write(TTL).await.unwrap();
     let f1 = w1.fence().unwrap();

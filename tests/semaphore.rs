@@ -58,13 +58,7 @@ async fn a_permit_is_a_lock_extended_kept_alive_and_fenced() {
     let Some((urls, _cluster)) = support::nodes(3) else {
         return;
     };
-    let redlock = support::builder(&urls)
-        .fencing(true)
-        // Spawned test nodes keep no AOF: tests/fencing.rs checks durability.
-        .require_durable_fences(false)
-        .build()
-        .await
-        .unwrap();
+    let redlock = support::fenced_builder(&urls).build().await.unwrap();
     let one = redlock.semaphore(&unique("single"), 1);
     let mut permit = one.acquire(Duration::from_millis(300)).await.unwrap();
     let first = permit.fence().unwrap();

@@ -383,6 +383,13 @@ pub fn builder(urls: &[String]) -> quorumlock::Builder {
     quorumlock::Redlock::builder().nodes(urls.iter().map(String::as_str))
 }
 
+/// A builder over `urls` with fencing on, for the spawned test nodes,
+/// which keep no append-only file (an fsync per write costs milliseconds
+/// here): the durability check is off. `tests/fencing.rs` checks it.
+pub fn fenced_builder(urls: &[String]) -> quorumlock::Builder {
+    builder(urls).fencing(true).require_durable_fences(false)
+}
+
 /// A manager with default settings over `urls`.
 pub async fn manager(urls: &[String]) -> quorumlock::Redlock {
     builder(urls).build().await.unwrap()
