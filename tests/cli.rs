@@ -147,13 +147,8 @@ fn a_lost_lock_stops_the_command_before_its_deadline() {
         .spawn()
         .unwrap();
     line_in(&out, "started", Duration::from_secs(10));
-    // Two of three nodes frozen: no extension can win a quorum any more.
     let frozen_at = now_ns();
-    cluster.freeze(0);
-    cluster.freeze(1);
-    let code = exit_within(&mut run, Duration::from_secs(10));
-    cluster.thaw(0);
-    cluster.thaw(1);
+    let code = freeze_until_exit(&cluster, &mut run);
     assert_eq!(code, 76, "the lost-lock exit status");
     let term = monotonic_ns(&line_in(&out, "term", Duration::from_secs(1)));
     let _ = std::fs::remove_file(&out);
@@ -164,6 +159,17 @@ fn a_lost_lock_stops_the_command_before_its_deadline() {
         "SIGTERM came {} ms after the freeze, past any deadline",
         (term - frozen_at) / 1_000_000
     );
+}
+
+/// Freezes two of three nodes, so that no extension can win a quorum any
+/// more, until `run` exits (at most 10 s); its exit code.
+fn freeze_until_exit(cluster: &support::Cluster, run: &mut std::process::Child) -> i32 {
+    cluster.freeze(0);
+    cluster.freeze(1);
+    let code = exit_within(run, Duration::from_secs(10));
+    cluster.thaw(0);
+    cluster.thaw(1);
+    code
 }
 
 /// `time.monotonic_ns()` as Python sees it (CLOCK_MONOTONIC).
@@ -433,12 +439,7 @@ fn a_lost_lock_kills_a_command_that_ignores_sigterm_and_its_setsid_helper_before
         .unwrap();
     line_in(&out, "command", Duration::from_secs(10));
     line_in(&out, "helper", Duration::from_secs(10));
-    // Two of three nodes frozen: no extension can win a quorum any more.
-    cluster.freeze(0);
-    cluster.freeze(1);
-    let code = exit_within(&mut run, Duration::from_secs(10));
-    cluster.thaw(0);
-    cluster.thaw(1);
+    let code = freeze_until_exit(&cluster, &mut run);
     assert_eq!(code, 76, "the lost-lock exit status");
     let errors = std::fs::read_to_string(&log).unwrap();
     let deadline: u128 = errors
