@@ -5,9 +5,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::engine::{health_limit, require_runtime, Inner};
 use crate::error::{FailureKind, InUse};
 use crate::quorum::{self, Reply};
-use crate::redlock::{require_runtime, Inner, Redlock};
+use crate::redlock::Redlock;
 use crate::Error;
 
 /// What [`Redlock::inspect`](crate::Redlock::inspect) or
@@ -168,7 +169,7 @@ impl Redlock {
         key: Arc<str>,
         keys: &[Arc<str>],
     ) -> Inspection {
-        let limit = crate::builder::health_limit(self.inner.node_timeout);
+        let limit = health_limit(self.inner.node_timeout);
         let all: Arc<[Arc<str>]> = std::iter::once(key.clone())
             .chain(keys.iter().cloned())
             .collect();

@@ -58,17 +58,17 @@
 
 mod backoff;
 mod builder;
-mod cleanup;
 mod clock;
+mod engine;
 mod error;
 mod fanout;
 pub mod guide;
 mod inspect;
 mod link;
-mod lock;
 mod node;
 mod quorum;
 mod redlock;
+mod retry;
 mod rwlock;
 mod semaphore;
 mod slots;
@@ -77,9 +77,9 @@ mod transport;
 mod wake;
 
 pub use builder::{Builder, RetryPolicy};
+pub use engine::lock::{Guard, KeepAlive, Lock};
 pub use error::{Error, FailureKind, InUse, LossCause, NodeFailure};
 pub use inspect::{Holder, Inspection, NodeView, Reading};
-pub use lock::{Guard, KeepAlive, Lock};
 pub use redlock::Redlock;
 pub use rwlock::RwLock;
 pub use semaphore::Semaphore;

@@ -32,10 +32,13 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::engine::acquire::{run_locked, with_retries};
+use crate::engine::attempt::attempt_as;
+use crate::engine::lock::Lock;
+use crate::engine::{fence_key, require_runtime, Keys};
 use crate::error::{Error, InUse};
 use crate::inspect::{Inspection, Named};
-use crate::lock::Lock;
-use crate::redlock::{attempt_as, fence_key, Keys, Redlock};
+use crate::redlock::Redlock;
 use crate::slots;
 
 /// Which side of the lock an attempt asks for.
@@ -199,17 +202,16 @@ impl RwLock {
     pub async fn read(&self, ttl: Duration) -> Result<Lock, Error> {
         let keys = self.keys()?.clone();
         let watched: Keys = Arc::from([keys[1].clone()]);
-        self.redlock
-            .acquire_by(&watched, ttl, |plan| {
-                let admission = self.admission(&keys, Side::Read, 0, new_id());
-                let reader: Keys = Arc::from([Arc::from(format!(
-                    "{}:reader:{}",
-                    slots::tagged(&keys[0]),
-                    new_id()
-                ))]);
-                attempt_as(&self.redlock.inner, reader, plan, Some(admission))
-            })
-            .await
+        with_retries(&self.redlock.inner, &watched, ttl, |plan| {
+            let admission = self.admission(&keys, Side::Read, 0, new_id());
+            let reader: Keys = Arc::from([Arc::from(format!(
+                "{}:reader:{}",
+                slots::tagged(&keys[0]),
+                new_id()
+            ))]);
+            attempt_as(&self.redlock.inner, reader, plan, Some(admission))
+        })
+        .await
     }
 
     /// Runs `work` under a read lock, as [`Redlock::with_lock`] does for a
@@ -223,7 +225,7 @@ impl RwLock {
         F: FnOnce(crate::Guard) -> Fut,
         Fut: std::future::Future<Output = T>,
     {
-        crate::redlock::run_locked(self.read(ttl).await?, work).await
+        run_locked(self.read(ttl).await?, work).await
     }
 
     /// Runs `work` under the write lock (see [`with_read`](Self::with_read)).
@@ -235,7 +237,7 @@ impl RwLock {
         F: FnOnce(crate::Guard) -> Fut,
         Fut: std::future::Future<Output = T>,
     {
-        crate::redlock::run_locked(self.write(ttl).await?, work).await
+        run_locked(self.write(ttl).await?, work).await
     }
 
     /// One attempt at a read lock, without waiting.
@@ -274,12 +276,11 @@ impl RwLock {
             .max(Duration::from_millis(100));
         let intent_ms = u64::try_from(intent.as_millis()).unwrap_or(u64::MAX);
         let writer_id = new_id();
-        self.redlock
-            .acquire_by(&watched, ttl, |plan| {
-                let admission = self.admission(&keys, Side::Write, intent_ms, writer_id.clone());
-                attempt_as(&self.redlock.inner, writer.clone(), plan, Some(admission))
-            })
-            .await
+        with_retries(&self.redlock.inner, &watched, ttl, |plan| {
+            let admission = self.admission(&keys, Side::Write, intent_ms, writer_id.clone());
+            attempt_as(&self.redlock.inner, writer.clone(), plan, Some(admission))
+        })
+        .await
     }
 
     /// One attempt at the write lock, without waiting (and without turning
@@ -304,7 +305,7 @@ impl RwLock {
     /// [`Error::InvalidInput`] for an empty or reserved name;
     /// [`Error::NoRuntime`] outside tokio.
     pub async fn inspect(&self) -> Result<Inspection, Error> {
-        crate::redlock::require_runtime()?;
+        require_runtime()?;
         let keys = self.keys()?;
         let look = [keys[1].clone(), keys[3].clone()];
         Ok(self

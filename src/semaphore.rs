@@ -36,11 +36,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::engine::acquire::{run_locked, with_retries};
+use crate::engine::attempt::{attempt_as, Failed};
+use crate::engine::lock::Lock;
+use crate::engine::{fence_key, require_runtime, Keys, Plan};
 use crate::error::Error;
 use crate::inspect::{Inspection, Named};
-use crate::lock::Lock;
 use crate::quorum::Standing;
-use crate::redlock::{attempt_as, fence_key, Failed, Keys, Plan, Redlock};
+use crate::redlock::Redlock;
 use crate::rwlock::Admission;
 use crate::slots;
 
@@ -145,9 +148,7 @@ impl Semaphore {
     pub async fn acquire(&self, ttl: Duration) -> Result<Lock, Error> {
         self.check()?;
         let all = self.shared.all.clone();
-        self.redlock
-            .acquire_by(&all, ttl, |plan| self.try_once(plan))
-            .await
+        with_retries(&self.redlock.inner, &all, ttl, |plan| self.try_once(plan)).await
     }
 
     /// Runs `work` while holding a permit, as
@@ -162,7 +163,7 @@ impl Semaphore {
         F: FnOnce(crate::Guard) -> Fut,
         Fut: std::future::Future<Output = T>,
     {
-        crate::redlock::run_locked(self.acquire(ttl).await?, work).await
+        run_locked(self.acquire(ttl).await?, work).await
     }
 
     /// One try at every permit, without waiting: `Contended` when all are
@@ -184,7 +185,7 @@ impl Semaphore {
     /// [`acquire`](Self::acquire)); [`Error::NoRuntime`] outside tokio.
     pub async fn inspect(&self) -> Result<Inspection, Error> {
         self.check()?;
-        crate::redlock::require_runtime()?;
+        require_runtime()?;
         let key = self.key()?;
         Ok(self
             .redlock

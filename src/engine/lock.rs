@@ -13,11 +13,11 @@ use tokio::sync::Notify;
 
 use crate::link::lock;
 
-use crate::cleanup::{delete_on, in_flight, still_out, Cleanup, InFlight};
+use super::cleanup::{delete_on, in_flight, still_out, Cleanup, InFlight};
+use super::{Inner, Keys};
 use crate::clock;
 use crate::error::{FailureKind, LossCause};
 use crate::quorum::{self, Decision, Reply};
-use crate::redlock::{Inner, Keys};
 use crate::Error;
 
 /// How much earlier than its stop point the lost signal is aimed, for a

@@ -10,12 +10,11 @@ use std::time::Duration;
 
 use futures::{Future, FutureExt, Stream, StreamExt};
 
+use super::{health_limit, Inner, Keys};
 use crate::backoff::Backoff;
-use crate::builder::health_limit;
 use crate::error::FailureKind;
 use crate::fanout::Fanout;
 use crate::quorum::{Reply, Tally};
-use crate::redlock::{Inner, Keys};
 
 /// Calls still in flight, each yielding its node index and reply.
 pub(crate) type InFlight = Pin<Box<dyn Stream<Item = (usize, Reply)> + Send>>;
@@ -276,45 +275,6 @@ fn drain(stream: &mut Option<InFlight>, mut on: impl FnMut((usize, Reply))) {
                 return;
             }
             None => return,
-        }
-    }
-}
-
-/// Clean-ups running in the background, so that a process can wait for
-/// them before it exits ([`Redlock::settle`](crate::Redlock::settle)).
-#[derive(Default)]
-pub(crate) struct Background {
-    running: std::sync::atomic::AtomicUsize,
-    idle: tokio::sync::Notify,
-}
-
-/// One clean-up counted as running until dropped.
-pub(crate) struct Running(Arc<Background>);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        if self.0.running.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.0.idle.notify_waiters();
-        }
-    }
-}
-
-impl Background {
-    pub(crate) fn started(self: &Arc<Self>) -> Running {
-        self.running.fetch_add(1, Ordering::AcqRel);
-        Running(self.clone())
-    }
-
-    /// Returns once no clean-up is running.
-    pub(crate) async fn settled(&self) {
-        loop {
-            let idle = self.idle.notified();
-            tokio::pin!(idle);
-            idle.as_mut().enable();
-            if self.running.load(Ordering::Acquire) == 0 {
-                return;
-            }
-            idle.await;
         }
     }
 }
