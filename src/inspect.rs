@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::claim::Claim;
 use crate::engine::{health_limit, require_runtime, Inner};
 use crate::error::{FailureKind, InUse};
 use crate::quorum::{self, Reply};
@@ -19,39 +20,6 @@ pub struct Inspection {
     nodes: Vec<NodeView>,
     reading: Reading,
     in_use: Option<InUse>,
-}
-
-/// What the name's key should hold for the kind of lock inspected.
-#[derive(Debug, Clone, Copy)]
-pub(crate) enum Named {
-    /// Nothing, or a holder's token: the name's key is the lock's key.
-    Mutex,
-    /// Nothing, or the record of a semaphore of this many permits.
-    Semaphore(u32),
-    /// Nothing, or the record of a read-write lock.
-    RwLock,
-}
-
-impl Named {
-    /// What the name is used as instead, from its key's type and value on
-    /// one node (`inspect.lua`: a hash's value is "kind permits").
-    fn conflict(self, kind: &str, value: &str) -> Option<InUse> {
-        let mut fields = value.split(' ');
-        let found = match (kind, fields.next()) {
-            ("none", _) => return None,
-            ("string", _) => InUse::Mutex,
-            ("hash", Some("semaphore")) => {
-                InUse::Semaphore(fields.next().and_then(|p| p.parse().ok()).unwrap_or(0))
-            }
-            ("hash", Some("rwlock")) if matches!(self, Named::RwLock) => return None,
-            _ => InUse::OtherKind,
-        };
-        match (self, found) {
-            (Named::Mutex, InUse::Mutex) => None,
-            (Named::Semaphore(p), InUse::Semaphore(n)) if p == n => None,
-            _ => Some(found),
-        }
-    }
 }
 
 impl Inspection {
@@ -158,14 +126,14 @@ impl Redlock {
     pub async fn inspect(&self, resource: &str) -> Result<Inspection, Error> {
         require_runtime()?;
         let key = self.checked_key(resource)?;
-        Ok(self.inspect_keys(Named::Mutex, key, &[]).await)
+        Ok(self.inspect_keys(Claim::Mutex, key, &[]).await)
     }
 
     /// [`inspect`] of the name's key `key`, then of `keys`, reported
     /// under `key`.
     pub(crate) async fn inspect_keys(
         &self,
-        named: Named,
+        named: Claim,
         key: Arc<str>,
         keys: &[Arc<str>],
     ) -> Inspection {
@@ -184,13 +152,13 @@ type Seen = Vec<Result<Vec<(String, i64)>, FailureKind>>;
 /// Reads `keys` on every node, waiting at most `limit` for answers.
 async fn inspect(
     inner: &Arc<Inner>,
-    named: Named,
+    named: Claim,
     key: String,
     keys: Arc<[Arc<str>]>,
     limit: Duration,
 ) -> Inspection {
     // The name's key comes first; it holds a holder only for a mutex.
-    let skip = usize::from(!matches!(named, Named::Mutex));
+    let skip = usize::from(!matches!(named, Claim::Mutex));
     let mut in_use = None;
     let mut calls: crate::fanout::Fanout<_> = (0..inner.nodes.len())
         .map(|i| {

@@ -58,6 +58,7 @@
 
 mod backoff;
 mod builder;
+mod claim;
 mod clock;
 mod engine;
 mod error;

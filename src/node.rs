@@ -12,7 +12,6 @@ use redis::{Cmd, ErrorKind, FromRedisValue, RedisError, Script, ServerErrorKind,
 use crate::error::FailureKind;
 use crate::link::{Call, Link};
 use crate::quorum::Reply;
-use crate::rwlock::{Admission, Side};
 
 /// The Lua scripts, hashed once per manager and sent by EVALSHA (falling
 /// back to loading them after a node restart forgot them). Each takes every
@@ -24,16 +23,24 @@ pub(crate) struct Scripts {
     acquire_fenced: Script,
     fence_commit: Script,
     inspect: Script,
-    semaphore_acquire: Script,
-    rw_read: Script,
-    rw_write: Script,
 }
 
 impl Scripts {
     /// The release script's `EVALSHA` for `keys`, to send to every node.
-    pub(crate) fn release_cmd(&self, keys: &[Arc<str>], token: &str, announce: bool) -> Cmd {
+    /// `announce`: a holder's release, announced on the keys' channels and
+    /// on those of the keys given (`None`: a clean-up, announced nowhere).
+    pub(crate) fn release_cmd(
+        &self,
+        keys: &[Arc<str>],
+        token: &str,
+        announce: Option<&[Arc<str>]>,
+    ) -> Cmd {
         let mut cmd = evalsha(&self.release, keys, &[]);
-        cmd.arg(token).arg(if announce { "1" } else { "0" });
+        cmd.arg(token)
+            .arg(if announce.is_some() { "1" } else { "0" });
+        for also in announce.unwrap_or_default() {
+            cmd.arg(&**also);
+        }
         cmd
     }
 
@@ -45,15 +52,6 @@ impl Scripts {
             acquire_fenced: Script::new(include_str!("scripts/acquire_fenced.lua")),
             fence_commit: Script::new(include_str!("scripts/fence_commit.lua")),
             inspect: Script::new(include_str!("scripts/inspect.lua")),
-            semaphore_acquire: Script::new(include_str!("scripts/semaphore_acquire.lua")),
-            rw_read: Script::new(concat!(
-                include_str!("scripts/rw_kind.lua"),
-                include_str!("scripts/rw_read.lua")
-            )),
-            rw_write: Script::new(concat!(
-                include_str!("scripts/rw_kind.lua"),
-                include_str!("scripts/rw_write.lua")
-            )),
         }
     }
 }
@@ -259,7 +257,7 @@ impl Node {
     /// Compare-and-delete of our keys, announcing nothing (a clean-up):
     /// `Yes` when every one was ours and is deleted.
     pub(crate) async fn release(&self, scripts: &Scripts, keys: &[Arc<str>], token: &str) -> Reply {
-        let eval = scripts.release_cmd(keys, token, false);
+        let eval = scripts.release_cmd(keys, token, None);
         self.release_prepared(scripts, &eval).await.0
     }
 
@@ -314,65 +312,32 @@ impl Node {
         Ok(out)
     }
 
-    /// A read or write lock's admission on this node (`rw_read.lua`,
-    /// `rw_write.lua`) for the lock key `key`: the vote, and the fence
-    /// counter it read (with fencing).
+    /// A primitive's admission on this node: `script` with `keys` and then
+    /// `fence_keys` as KEYS, and `token`, `ttl_ms` and `args` as ARGV. The
+    /// vote (yes for status `1`), and the script's `{status, value}` when
+    /// it answered. A script that reads fence counters goes only to a
+    /// server that keeps every write (see [`run_script_on`](Self::run_script_on)).
     pub(crate) async fn admit(
         &self,
-        scripts: &Scripts,
-        admission: &Admission,
-        key: &Arc<str>,
+        script: &Script,
+        (keys, fence_keys): (&[Arc<str>], &[Arc<str>]),
         token: &str,
         ttl_ms: u64,
-    ) -> (Reply, Option<u64>) {
-        let [name, writer, intent, readers] = &admission.keys;
-        let mut keys = match admission.side {
-            Side::Permit(_) => vec![name.clone(), key.clone()],
-            _ => vec![
-                name.clone(),
-                writer.clone(),
-                intent.clone(),
-                readers.clone(),
-            ],
-        };
-        let script = match admission.side {
-            Side::Read => {
-                keys.push(key.clone());
-                &scripts.rw_read
-            }
-            Side::Write => &scripts.rw_write,
-            Side::Permit(_) => &scripts.semaphore_acquire,
-        };
-        keys.extend(admission.fence_key.clone());
-        let mut eval = evalsha(script, &keys, &[]);
+        args: &[String],
+    ) -> (Reply, Option<(i64, i64)>) {
+        let mut eval = evalsha(script, keys, fence_keys);
         eval.arg(token).arg(ttl_ms);
-        match admission.side {
-            Side::Write => {
-                eval.arg(admission.intent_ms).arg(&*admission.writer_id);
-            }
-            Side::Permit(permits) => {
-                eval.arg(permits);
-            }
-            Side::Read => {}
+        for arg in args {
+            eval.arg(arg.as_str());
         }
-        let durable = self.durable_fences && admission.fence_key.is_some();
+        let durable = self.durable_fences && !fence_keys.is_empty();
         match self
             .run_script_on::<(i64, i64)>(&eval, script, durable)
             .await
         {
-            (Ok((1, fence)), retried) => (
-                if retried {
-                    Reply::YesRetried
-                } else {
-                    Reply::Yes
-                },
-                u64::try_from(fence).ok(),
-            ),
-            (Ok((0, _)), _) => (Reply::No, None),
-            (Ok((kind, value)), _) => {
-                admission.found(kind, value);
-                (Reply::No, None)
-            }
+            (Ok((1, value)), true) => (Reply::YesRetried, Some((1, value))),
+            (Ok((1, value)), false) => (Reply::Yes, Some((1, value))),
+            (Ok(status), _) => (Reply::No, Some(status)),
             (Err(reply), _) => (reply, None),
         }
     }

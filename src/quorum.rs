@@ -94,11 +94,12 @@ pub(crate) struct Tally {
 
 /// Where an attempt stands in a contest: several clients each won some
 /// nodes, none a quorum.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub(crate) enum Standing {
     /// Not a contest: won, failed without contention, or held by one
     /// token on a quorum of nodes (or, where holders are not named, held
     /// elsewhere without a vote of ours).
+    #[default]
     None,
     /// Our token is the smallest of the contenders': they step aside and
     /// we ask again the nodes they held.

@@ -9,6 +9,7 @@ use futures::Future;
 use tokio::time::Instant;
 
 use crate::engine::acquire::{run_locked, with_retries};
+use crate::engine::admission::Admission;
 use crate::engine::attempt::attempt;
 use crate::engine::lock::{Guard, Lock};
 use crate::engine::{Inner, Keys, FENCE_PREFIX};
@@ -106,8 +107,8 @@ impl Redlock {
     /// # Ok(()) }
     /// ```
     pub async fn acquire(&self, resource: &str, ttl: Duration) -> Result<Lock, Error> {
-        let keys = self.keys_for(&[resource])?;
-        timed(self.acquire_keys(keys, ttl)).await
+        let mutex = self.mutex(&[resource])?;
+        timed(self.acquire_keys(mutex, ttl)).await
     }
 
     /// Acquires every resource in `resources` together, or none: one script
@@ -138,8 +139,8 @@ impl Redlock {
     /// # Ok(()) }
     /// ```
     pub async fn acquire_many(&self, resources: &[&str], ttl: Duration) -> Result<Lock, Error> {
-        let keys = self.keys_for(resources)?;
-        timed(self.acquire_keys(keys, ttl)).await
+        let mutex = self.mutex(resources)?;
+        timed(self.acquire_keys(mutex, ttl)).await
     }
 
     /// One attempt of [`acquire_many`](Self::acquire_many).
@@ -147,9 +148,14 @@ impl Redlock {
     /// # Errors
     /// As [`acquire_many`](Self::acquire_many), from the single attempt.
     pub async fn try_acquire_many(&self, resources: &[&str], ttl: Duration) -> Result<Lock, Error> {
-        let keys = self.keys_for(resources)?;
+        let mutex = self.mutex(resources)?;
         let plan = self.inner.plan(ttl)?;
-        timed(async { attempt(&self.inner, keys, plan).await.map_err(|f| f.error) }).await
+        timed(async {
+            attempt(&self.inner, &mutex, plan)
+                .await
+                .map_err(|f| f.error)
+        })
+        .await
     }
 
     /// The keys of `resources`, checked: none empty, none reserved, none
@@ -195,9 +201,16 @@ impl Redlock {
     }
 
     /// The retry loop of `acquire` and `acquire_many`.
-    async fn acquire_keys(&self, keys: Keys, ttl: Duration) -> Result<Lock, Error> {
+    async fn acquire_keys(&self, mutex: Arc<Admission>, ttl: Duration) -> Result<Lock, Error> {
         let inner = &self.inner;
-        with_retries(inner, &keys, ttl, |plan| attempt(inner, keys.clone(), plan)).await
+        with_retries(inner, &mutex.keys, ttl, |plan| attempt(inner, &mutex, plan)).await
+    }
+
+    /// The mutex on `resources`: `SET NX PX` of their keys.
+    fn mutex(&self, resources: &[&str]) -> Result<Arc<Admission>, Error> {
+        let keys = self.keys_for(resources)?;
+        let name = resources.first().copied().unwrap_or_default();
+        Ok(Arc::new(Admission::set(keys, self.inner.fencing, name)))
     }
 
     /// Runs `work` while holding `resource`: acquires it (as
@@ -276,9 +289,14 @@ impl Redlock {
     /// # }
     /// ```
     pub async fn try_acquire(&self, resource: &str, ttl: Duration) -> Result<Lock, Error> {
-        let keys = self.keys_for(&[resource])?;
+        let mutex = self.mutex(&[resource])?;
         let plan = self.inner.plan(ttl)?;
-        timed(async { attempt(&self.inner, keys, plan).await.map_err(|f| f.error) }).await
+        timed(async {
+            attempt(&self.inner, &mutex, plan)
+                .await
+                .map_err(|f| f.error)
+        })
+        .await
     }
 }
 

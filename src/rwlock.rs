@@ -29,93 +29,48 @@
 //! mutex's does. A reader's fence is the last writer's: the version it
 //! reads.
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
+use redis::Script;
+
+use crate::claim::Claim;
 use crate::engine::acquire::{run_locked, with_retries};
-use crate::engine::attempt::attempt_as;
+use crate::engine::admission::{Admission, Step};
+use crate::engine::attempt::attempt;
 use crate::engine::lock::Lock;
-use crate::engine::{fence_key, require_runtime, Keys};
-use crate::error::{Error, InUse};
-use crate::inspect::{Inspection, Named};
+use crate::engine::{require_runtime, Keys};
+use crate::error::Error;
+use crate::inspect::Inspection;
 use crate::redlock::Redlock;
 use crate::slots;
 
-/// Which side of the lock an attempt asks for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Side {
-    Read,
-    Write,
-    /// A permit of a semaphore of this many (see `semaphore_acquire.lua`):
-    /// `keys[0]` is the count's record, the lock key is the slot.
-    Permit(u32),
-}
+/// Admits a reader on one node (`rw_kind.lua` first: the kind's record).
+static READ: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(concat!(
+        include_str!("scripts/rw_kind.lua"),
+        include_str!("scripts/rw_read.lua")
+    ))
+});
 
-/// How an attempt is admitted on each node (see `rw_read.lua` and
-/// `rw_write.lua`), and what the nodes said about the name.
-pub(crate) struct Admission {
-    pub(crate) side: Side,
-    /// The name's key, the writer's, the intent's, the readers' set.
-    pub(crate) keys: [Arc<str>; 4],
-    /// The writer's fence counter, with fencing.
-    pub(crate) fence_key: Option<Arc<str>>,
-    /// How long a waiting writer's intent lives (0: leave none).
-    pub(crate) intent_ms: u64,
-    /// The same across the retries of one `write`, so its intent is its own.
-    pub(crate) writer_id: Arc<str>,
-    name: String,
-    found: Mutex<Option<InUse>>,
-}
+/// Admits a writer on one node.
+static WRITE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(concat!(
+        include_str!("scripts/rw_kind.lua"),
+        include_str!("scripts/rw_write.lua")
+    ))
+});
 
-impl Admission {
-    /// A permit's admission: the semaphore `name` of `permits`, whose
-    /// count is recorded under `record`; `fence_key` is its slot's counter.
-    pub(crate) fn permit(
-        name: &str,
-        record: &Arc<str>,
-        permits: u32,
-        fence_key: Option<Arc<str>>,
-    ) -> Arc<Self> {
-        Arc::new(Admission {
-            side: Side::Permit(permits),
-            keys: [
-                record.clone(),
-                record.clone(),
-                record.clone(),
-                record.clone(),
-            ],
-            fence_key,
-            intent_ms: 0,
-            writer_id: Arc::from(""),
-            name: name.to_string(),
-            found: Mutex::new(None),
-        })
-    }
-
-    /// Keys that must outlive the lock, extended with it: a permit's
-    /// count record.
-    pub(crate) fn companions(&self) -> Option<Keys> {
-        matches!(self.side, Side::Permit(_)).then(|| Arc::from([self.keys[0].clone()]))
-    }
-
-    /// A node said the name is in use otherwise (`-1`: a mutex or another
-    /// value, `-3`: a semaphore of `value` permits, else another kind of
-    /// lock).
-    pub(crate) fn found(&self, code: i64, value: i64) {
-        let in_use = match code {
-            -1 => InUse::Mutex,
-            -3 => InUse::Semaphore(u32::try_from(value).unwrap_or(u32::MAX)),
-            _ => InUse::OtherKind,
-        };
-        *crate::link::lock(&self.found) = Some(in_use);
-    }
-
-    pub(crate) fn name_in_use(&self) -> Option<Error> {
-        crate::link::lock(&self.found).map(|found| Error::NameInUse {
-            name: self.name.clone(),
-            found,
-        })
-    }
+/// The keys of one read-write lock, all in the name's cluster slot.
+struct Names {
+    /// The name's key: records that it is a read-write lock.
+    name: Arc<str>,
+    /// The writer's lock key.
+    writer: Arc<str>,
+    /// A waiting writer's intent: turns new readers away.
+    intent: Arc<str>,
+    /// The set of reader keys, which a writer checks one by one.
+    readers: Arc<str>,
 }
 
 /// A read-write lock over a [`Redlock`]'s nodes (see [`Redlock::rw_lock`]).
@@ -139,10 +94,9 @@ impl Admission {
 #[derive(Clone)]
 pub struct RwLock {
     redlock: Redlock,
-    name: String,
-    /// The name's key, the writer's, the intent's, the readers' set; or
-    /// why the name is unusable.
-    keys: Result<[Arc<str>; 4], &'static str>,
+    name: Arc<str>,
+    /// The lock's keys, or why the name is unusable.
+    keys: Result<Arc<Names>, &'static str>,
 }
 
 impl std::fmt::Debug for RwLock {
@@ -171,16 +125,16 @@ impl Redlock {
             })
             .map(|key| {
                 let tag = slots::tagged(&key);
-                [
-                    key,
-                    Arc::from(format!("{tag}:writer")),
-                    Arc::from(format!("{tag}:intent")),
-                    Arc::from(format!("{tag}:readers")),
-                ]
+                Arc::new(Names {
+                    writer: Arc::from(format!("{tag}:writer")),
+                    intent: Arc::from(format!("{tag}:intent")),
+                    readers: Arc::from(format!("{tag}:readers")),
+                    name: key,
+                })
             });
         RwLock {
             redlock: self.clone(),
-            name: name.to_string(),
+            name: Arc::from(name),
             keys,
         }
     }
@@ -200,16 +154,11 @@ impl RwLock {
     /// As [`Redlock::acquire`]; [`Error::NameInUse`] when the name is a
     /// mutex or another kind of lock.
     pub async fn read(&self, ttl: Duration) -> Result<Lock, Error> {
-        let keys = self.keys()?.clone();
-        let watched: Keys = Arc::from([keys[1].clone()]);
-        with_retries(&self.redlock.inner, &watched, ttl, |plan| {
-            let admission = self.admission(&keys, Side::Read, 0, new_id());
-            let reader: Keys = Arc::from([Arc::from(format!(
-                "{}:reader:{}",
-                slots::tagged(&keys[0]),
-                new_id()
-            ))]);
-            attempt_as(&self.redlock.inner, reader, plan, Some(admission))
+        let keys = self.keys()?;
+        let inner = &self.redlock.inner;
+        let watched: Keys = Arc::from([keys.writer.clone()]);
+        with_retries(inner, &watched, ttl, |plan| async move {
+            attempt(inner, &self.reader(keys), plan).await
         })
         .await
     }
@@ -245,15 +194,10 @@ impl RwLock {
     /// # Errors
     /// As [`read`](Self::read), from the single attempt.
     pub async fn try_read(&self, ttl: Duration) -> Result<Lock, Error> {
-        let keys = self.keys()?.clone();
-        let plan = self.redlock.inner.plan(ttl)?;
-        let reader: Keys = Arc::from([Arc::from(format!(
-            "{}:reader:{}",
-            slots::tagged(&keys[0]),
-            new_id()
-        ))]);
-        let admission = self.admission(&keys, Side::Read, 0, new_id());
-        attempt_as(&self.redlock.inner, reader, plan, Some(admission))
+        let keys = self.keys()?;
+        let inner = &self.redlock.inner;
+        let plan = inner.plan(ttl)?;
+        attempt(inner, &self.reader(keys), plan)
             .await
             .map_err(|f| f.error)
     }
@@ -265,22 +209,19 @@ impl RwLock {
     /// # Errors
     /// As [`read`](Self::read).
     pub async fn write(&self, ttl: Duration) -> Result<Lock, Error> {
-        let keys = self.keys()?.clone();
-        let watched: Keys = Arc::from([keys[1].clone(), keys[3].clone()]);
-        let writer: Keys = Arc::from([keys[1].clone()]);
-        let policy = &self.redlock.inner.retry;
+        let keys = self.keys()?;
+        let inner = &self.redlock.inner;
+        let watched: Keys = Arc::from([keys.writer.clone(), keys.readers.clone()]);
+        let policy = &inner.retry;
         // Long enough to outlive the wait until the next try.
         let intent = (policy.fixed_delay() + policy.jitter_limit())
             .saturating_mul(2)
-            .saturating_add(self.redlock.inner.node_timeout.saturating_mul(2))
+            .saturating_add(inner.node_timeout.saturating_mul(2))
             .max(Duration::from_millis(100));
         let intent_ms = u64::try_from(intent.as_millis()).unwrap_or(u64::MAX);
-        let writer_id = new_id();
-        with_retries(&self.redlock.inner, &watched, ttl, |plan| {
-            let admission = self.admission(&keys, Side::Write, intent_ms, writer_id.clone());
-            attempt_as(&self.redlock.inner, writer.clone(), plan, Some(admission))
-        })
-        .await
+        // The same writer across the retries, so its intent is its own.
+        let writer = &self.writer(keys, intent_ms);
+        with_retries(inner, &watched, ttl, |plan| attempt(inner, writer, plan)).await
     }
 
     /// One attempt at the write lock, without waiting (and without turning
@@ -289,11 +230,10 @@ impl RwLock {
     /// # Errors
     /// As [`read`](Self::read), from the single attempt.
     pub async fn try_write(&self, ttl: Duration) -> Result<Lock, Error> {
-        let keys = self.keys()?.clone();
-        let plan = self.redlock.inner.plan(ttl)?;
-        let admission = self.admission(&keys, Side::Write, 0, new_id());
-        let writer: Keys = Arc::from([keys[1].clone()]);
-        attempt_as(&self.redlock.inner, writer, plan, Some(admission))
+        let keys = self.keys()?;
+        let inner = &self.redlock.inner;
+        let plan = inner.plan(ttl)?;
+        attempt(inner, &self.writer(keys, 0), plan)
             .await
             .map_err(|f| f.error)
     }
@@ -307,34 +247,62 @@ impl RwLock {
     pub async fn inspect(&self) -> Result<Inspection, Error> {
         require_runtime()?;
         let keys = self.keys()?;
-        let look = [keys[1].clone(), keys[3].clone()];
+        let look = [keys.writer.clone(), keys.readers.clone()];
         Ok(self
             .redlock
-            .inspect_keys(Named::RwLock, keys[0].clone(), &look)
+            .inspect_keys(Claim::RwLock, keys.name.clone(), &look)
             .await)
     }
 
-    fn keys(&self) -> Result<&[Arc<str>; 4], Error> {
-        self.keys.as_ref().map_err(|why| Error::InvalidInput(why))
+    fn keys(&self) -> Result<&Names, Error> {
+        self.keys.as_deref().map_err(|why| Error::InvalidInput(why))
     }
 
-    fn admission(
-        &self,
-        keys: &[Arc<str>; 4],
-        side: Side,
-        intent_ms: u64,
-        writer_id: Arc<str>,
-    ) -> Arc<Admission> {
-        let fence_key = self.redlock.inner.fencing.then(|| fence_key(&keys[1]));
-        Arc::new(Admission {
-            side,
-            keys: keys.clone(),
-            fence_key,
-            intent_ms,
-            writer_id,
-            name: self.name.clone(),
-            found: Mutex::new(None),
-        })
+    /// A new reader's admission: its own key, admitted by `rw_read.lua`;
+    /// its fence is the last writer's, and its release tells the writers
+    /// waiting on the set of readers.
+    fn reader(&self, keys: &Names) -> Arc<Admission> {
+        let reader: Arc<str> =
+            Arc::from(format!("{}:reader:{}", slots::tagged(&keys.name), new_id()));
+        let script_keys = vec![
+            keys.name.clone(),
+            keys.writer.clone(),
+            keys.intent.clone(),
+            keys.readers.clone(),
+            reader.clone(),
+        ];
+        let fencing = self.redlock.inner.fencing;
+        Arc::new(
+            Admission::script(
+                Arc::from([reader]),
+                (&READ, script_keys, Vec::new()),
+                &self.name,
+            )
+            .fenced(fencing, &keys.writer, Step::Last)
+            .announcing(Arc::from([keys.readers.clone()])),
+        )
+    }
+
+    /// A writer's admission by `rw_write.lua`, leaving an intent of
+    /// `intent_ms` while readers hold (0: none), which names the writer
+    /// for whoever inspects the node.
+    fn writer(&self, keys: &Names, intent_ms: u64) -> Arc<Admission> {
+        let script_keys = vec![
+            keys.name.clone(),
+            keys.writer.clone(),
+            keys.intent.clone(),
+            keys.readers.clone(),
+        ];
+        let args = vec![intent_ms.to_string(), new_id().to_string()];
+        let fencing = self.redlock.inner.fencing;
+        Arc::new(
+            Admission::script(
+                Arc::from([keys.writer.clone()]),
+                (&WRITE, script_keys, args),
+                &self.name,
+            )
+            .fenced(fencing, &keys.writer, Step::Next),
+        )
     }
 }
 

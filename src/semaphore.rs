@@ -33,19 +33,27 @@
 //! way, and a mutex asked for on a semaphore's name is refused by the
 //! nodes (`WRONGTYPE`) while a permit is held.
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
+use redis::Script;
+
+use crate::claim::Claim;
 use crate::engine::acquire::{run_locked, with_retries};
-use crate::engine::attempt::{attempt_as, Failed};
+use crate::engine::admission::{Admission, Step};
+use crate::engine::attempt::{attempt, Failed};
 use crate::engine::lock::Lock;
-use crate::engine::{fence_key, require_runtime, Keys, Plan};
+use crate::engine::{require_runtime, Keys, Plan};
 use crate::error::Error;
-use crate::inspect::{Inspection, Named};
+use crate::inspect::Inspection;
 use crate::quorum::Standing;
 use crate::redlock::Redlock;
-use crate::rwlock::Admission;
 use crate::slots;
+
+/// Takes one permit slot on one node, checking the count's record.
+static TAKE_SLOT: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("scripts/semaphore_acquire.lua")));
 
 /// More permits than this are refused: each try walks the slots.
 const MAX_PERMITS: u32 = 1024;
@@ -75,10 +83,33 @@ pub struct Semaphore {
 struct Shared {
     /// The name's key: where the permit count is recorded.
     key: Result<Arc<str>, Error>,
-    /// One lock key per permit, in slot order.
-    slots: Vec<Keys>,
+    /// Each permit slot's admission, in slot order.
+    slots: Vec<Arc<Admission>>,
     /// Every slot key, for waiting on a release of any of them.
     all: Keys,
+    /// Slots a task of this process holds or is trying now (a hint: tried
+    /// last, so that tasks of one process do not pay a whole attempt for a
+    /// slot one of them holds).
+    taken: Arc<[AtomicBool]>,
+}
+
+/// This process's note that it holds or tries slot `.1`; cleared on drop.
+struct Taken(Arc<[AtomicBool]>, usize);
+
+impl Taken {
+    /// Takes the note of `slot`, unless a task of ours has it.
+    fn take(taken: &Arc<[AtomicBool]>, slot: usize) -> Option<Self> {
+        taken[slot]
+            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Relaxed)
+            .ok()
+            .map(|_| Taken(taken.clone(), slot))
+    }
+}
+
+impl Drop for Taken {
+    fn drop(&mut self) {
+        self.0[self.1].store(false, Ordering::Release);
+    }
 }
 
 impl std::fmt::Debug for Semaphore {
@@ -109,18 +140,38 @@ impl Redlock {
             slots::check(self.inner.sharded, [&*key], true)?;
             Ok(key)
         });
-        let slots: Vec<Keys> = match &key {
+        let given: Arc<str> = Arc::from(name);
+        let fencing = self.inner.fencing;
+        let slots: Vec<Arc<Admission>> = match &key {
             Ok(key) if (1..=MAX_PERMITS).contains(&permits) => (0..permits)
-                .map(|slot| Arc::from([slot_key(key, slot)]))
+                .map(|slot| {
+                    let slot = slot_key(key, slot);
+                    let script_keys = vec![key.clone(), slot.clone()];
+                    let args = vec![permits.to_string()];
+                    Arc::new(
+                        Admission::script(
+                            Arc::from([slot.clone()]),
+                            (&TAKE_SLOT, script_keys, args),
+                            &given,
+                        )
+                        .fenced(fencing, &slot, Step::Next)
+                        .with_companions(Arc::from([key.clone()])),
+                    )
+                })
                 .collect(),
             _ => Vec::new(),
         };
-        let all: Keys = slots.iter().map(|k| k[0].clone()).collect();
+        let all: Keys = slots.iter().map(|a| a.keys[0].clone()).collect();
         Semaphore {
             redlock: self.clone(),
             name: name.to_string(),
             permits,
-            shared: Arc::new(Shared { key, slots, all }),
+            shared: Arc::new(Shared {
+                key,
+                taken: slots.iter().map(|_| AtomicBool::new(false)).collect(),
+                slots,
+                all,
+            }),
         }
     }
 }
@@ -190,7 +241,7 @@ impl Semaphore {
         Ok(self
             .redlock
             .inspect_keys(
-                Named::Semaphore(self.permits),
+                Claim::Semaphore(self.permits),
                 key.clone(),
                 &self.shared.all,
             )
@@ -216,46 +267,75 @@ impl Semaphore {
     }
 
     /// Tries the permits once each, from a random one on (so clients spread
-    /// over them), until one is won.
+    /// over them), until one is won: first the slots no task of this
+    /// process holds or tries, then the others (a note can outlive its
+    /// holder's release by a moment).
     async fn try_once(&self, plan: Plan) -> Result<Lock, Failed> {
-        let inner = &self.redlock.inner;
-        let record = self.key()?;
-        let slots = &self.shared.slots;
+        self.key()?;
+        let (slots, taken) = (&self.shared.slots, &self.shared.taken);
         let first = rand::random_range(0..slots.len());
-        let mut seen_held = false;
-        let mut contest = Standing::None;
-        let mut last = None;
-        for i in 0..slots.len() {
-            let keys = slots[(first + i) % slots.len()].clone();
-            let fence = inner.fencing.then(|| fence_key(&keys[0]));
-            let admission = Admission::permit(&self.name, record, self.permits, fence);
-            match attempt_as(inner, keys, plan, Some(admission)).await {
-                Ok(lock) => return Ok(lock),
-                // Held by someone: the next permit may be free. With a node
-                // down, a held slot can read as `Unavailable` (one refusal
-                // and one silent node leave no quorum): still move on.
-                Err(failed)
-                    if failed.error.is_contended()
-                        || (failed.seen_held && failed.error.is_retryable()) =>
-                {
-                    seen_held |= failed.seen_held;
-                    if failed.contest != Standing::None {
-                        contest = failed.contest;
-                    }
-                    if last.as_ref().is_none_or(|e: &Error| !e.is_contended()) {
-                        last = Some(failed.error);
-                    }
-                }
-                Err(failed) => return Err(failed),
+        let mut tries = Tries::default();
+        let mut ours = Vec::new();
+        for slot in (0..slots.len()).map(|i| (first + i) % slots.len()) {
+            let Some(note) = Taken::take(taken, slot) else {
+                ours.push(slot);
+                continue;
+            };
+            if let Some(won) = self.try_slot(slot, plan, &mut tries).await {
+                return won.map(|lock| lock.keeping(Box::new(note)));
+            }
+        }
+        for slot in ours {
+            if let Some(won) = self.try_slot(slot, plan, &mut tries).await {
+                return won;
             }
         }
         Err(Failed {
-            error: last.unwrap_or(Error::Contended {
+            error: tries.last.unwrap_or(Error::Contended {
                 votes: 0,
                 quorum: self.redlock.quorum(),
             }),
-            seen_held,
-            contest,
+            seen_held: tries.seen_held,
+            contest: tries.contest,
         })
     }
+
+    /// One attempt at `slot`: the outcome, or `None` to go on with the
+    /// next slot (this one is held), noted in `tries`.
+    async fn try_slot(
+        &self,
+        slot: usize,
+        plan: Plan,
+        tries: &mut Tries,
+    ) -> Option<Result<Lock, Failed>> {
+        match attempt(&self.redlock.inner, &self.shared.slots[slot], plan).await {
+            Ok(lock) => Some(Ok(lock)),
+            // Held by someone: the next permit may be free. With a node
+            // down, a held slot can read as `Unavailable` (one refusal and
+            // one silent node leave no quorum): still move on.
+            Err(failed)
+                if failed.error.is_contended()
+                    || (failed.seen_held && failed.error.is_retryable()) =>
+            {
+                tries.seen_held |= failed.seen_held;
+                if failed.contest != Standing::None {
+                    tries.contest = failed.contest;
+                }
+                if tries.last.as_ref().is_none_or(|e| !e.is_contended()) {
+                    tries.last = Some(failed.error);
+                }
+                None
+            }
+            Err(failed) => Some(Err(failed)),
+        }
+    }
+}
+
+/// What the slots tried so far said.
+#[derive(Default)]
+struct Tries {
+    seen_held: bool,
+    contest: Standing,
+    /// The error to report: a contended one if any slot gave one.
+    last: Option<Error>,
 }

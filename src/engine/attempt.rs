@@ -9,13 +9,15 @@ use std::time::Duration;
 use futures::{FutureExt, StreamExt};
 use tokio::time::Instant;
 
+use super::admission::{Admission, Rule, Step};
 use super::cleanup::{in_flight, merge, Cleanup, InFlight};
 use super::lock::Lock;
-use super::{fence_key, Inner, Keys, Plan};
+use super::{Inner, Keys, Plan};
+use crate::claim;
+use crate::error::InUse;
 use crate::fanout::Fanout;
 use crate::node::set_nx_px_cmd;
-use crate::quorum::{self, Decision, Standing, Tally};
-use crate::rwlock::{Admission, Side};
+use crate::quorum::{self, Decision, Reply, Standing, Tally};
 use crate::stats;
 use crate::Error;
 
@@ -38,41 +40,80 @@ impl From<Error> for Failed {
     }
 }
 
-/// One attempt, in a tracing span.
-pub(crate) async fn attempt(inner: &Arc<Inner>, keys: Keys, plan: Plan) -> Result<Lock, Failed> {
-    attempt_as(inner, keys, plan, None).await
-}
-
-/// One attempt, admitted on each node by `admission` (a read or write lock's
-/// script) instead of `SET NX`, when given.
-pub(crate) async fn attempt_as(
+/// One attempt, admitted on each node as `admission` says, in a tracing
+/// span; counted by the metrics.
+pub(crate) async fn attempt(
     inner: &Arc<Inner>,
-    keys: Keys,
+    admission: &Arc<Admission>,
     plan: Plan,
-    admission: Option<Arc<Admission>>,
 ) -> Result<Lock, Failed> {
     use tracing::Instrument;
+    let keys = &admission.keys;
     let span = tracing::debug_span!("quorumlock_attempt", key = &*keys[0], keys = keys.len());
     let result = if span.is_disabled() {
         // Nobody listens: no span to enter on every poll.
-        attempt_in_span(inner, keys, plan, admission).await
+        ballot(inner, admission, plan).await
     } else {
-        attempt_in_span(inner, keys, plan, admission)
-            .instrument(span)
-            .await
+        ballot(inner, admission, plan).instrument(span).await
     };
     stats::attempt(result.as_ref().map(drop).map_err(|f| &f.error));
     result
 }
 
-/// One attempt: the whole of REDLOCK.md's "Acquire" section.
-async fn attempt_in_span(
+/// What one node said to an attempt: its vote, the fence counter a yes
+/// vote read, and what the name is used as when the node refused it so.
+type Answer = (Reply, Option<u64>, Option<InUse>);
+
+/// Asks node `i` to admit `token` as `admission` says.
+async fn ask(
+    inner: &Inner,
+    i: usize,
+    admission: &Admission,
+    token: &str,
+    ttl_ms: u64,
+    prepared: Option<&redis::Cmd>,
+) -> Answer {
+    let node = &inner.nodes[i];
+    let keys = &admission.keys;
+    match (&admission.rule, &admission.fence) {
+        (Rule::Set, None) => {
+            let reply = node
+                .acquire(&inner.scripts, keys, token, ttl_ms, prepared)
+                .await;
+            (reply, None, None)
+        }
+        (Rule::Set, Some(fence)) => {
+            let (reply, counter) = node
+                .acquire_fenced(&inner.scripts, keys, &fence.keys, token, ttl_ms)
+                .await;
+            (reply, counter, None)
+        }
+        (Rule::Script { script, keys, args }, fence) => {
+            let fence_keys = fence.as_ref().map_or(&[][..], |f| &f.keys[..]);
+            let (reply, status) = node
+                .admit(script, (keys, fence_keys), token, ttl_ms, args)
+                .await;
+            match status {
+                Some((1, counter)) => (reply, u64::try_from(counter).ok(), None),
+                Some((status, value)) => (reply, None, claim::refused_as(status, value)),
+                None => (reply, None, None),
+            }
+        }
+    }
+}
+
+/// One attempt: the whole of REDLOCK.md's "Acquire" section. Every node
+/// is asked at once; a quorum of yes votes within the validity window
+/// wins; a contest on a plain key is settled by asking again (see
+/// [`ask_again`]); a won fence is made durable (see [`commit_fence`]);
+/// and whatever the outcome, nothing of a lost attempt stays set.
+async fn ballot(
     inner: &Arc<Inner>,
-    keys: Keys,
+    admission: &Arc<Admission>,
     plan: Plan,
-    admission: Option<Arc<Admission>>,
 ) -> Result<Lock, Failed> {
     let ttl = plan.ttl;
+    let keys = admission.keys.clone();
     let suspended = crate::clock::suspended();
     let start = Instant::now();
     let token = new_token();
@@ -85,63 +126,41 @@ async fn attempt_in_span(
         ttl,
         armed: true,
     };
-    // With fencing, each yes vote leaves its node's counter + 1 here.
-    let fence_keys: Option<Keys> = match &admission {
-        None => inner
-            .fencing
-            .then(|| keys.iter().map(|k| fence_key(k)).collect()),
-        Some(admission) => admission.fence_key.clone().map(|k| Arc::from([k])),
-    };
-    let counters: Option<Arc<[AtomicU64]>> = fence_keys
+    // With fencing, each yes vote leaves here the fence its counter gives.
+    let counters: Option<Arc<[AtomicU64]>> = admission
+        .fence
         .as_ref()
         .map(|_| (0..inner.nodes.len()).map(|_| AtomicU64::new(0)).collect());
+    // What a node said the name is used as, when one did.
+    let in_use: Arc<std::sync::Mutex<Option<InUse>>> = Arc::default();
     // A single key's SET, built once for every node.
-    let with_get: Option<Arc<redis::Cmd>> = match (&keys[..], &fence_keys, &admission) {
-        ([key], None, None) => Some(Arc::new(set_nx_px_cmd(key, &token, plan.ttl_ms, true))),
-        _ => None,
-    };
+    let prepared: Option<Arc<redis::Cmd>> = admission
+        .plain_key()
+        .map(|key| Arc::new(set_nx_px_cmd(key, &token, plan.ttl_ms, true)));
+    let step = admission.fence.as_ref().map(|f| f.step);
     let mut calls = inner.fan_out(|inner, i| {
-        let (keys, token, with_get) = (keys.clone(), token.clone(), with_get.clone());
-        let (fence_keys, counters) = (fence_keys.clone(), counters.clone());
-        let admission = admission.clone();
+        let (admission, token, prepared) = (admission.clone(), token.clone(), prepared.clone());
+        let (counters, in_use) = (counters.clone(), in_use.clone());
         async move {
-            let node = &inner.nodes[i];
-            if let Some(admission) = admission {
-                let (reply, counter) = node
-                    .admit(&inner.scripts, &admission, &keys[0], &token, plan.ttl_ms)
-                    .await;
-                if let (Some(counters), Some(c)) = (&counters, counter) {
-                    // A writer's fence is above every counter it read; a
-                    // reader's is the last writer's.
-                    let fence = match admission.side {
-                        Side::Write | Side::Permit(_) => c.saturating_add(1),
-                        Side::Read => c,
-                    };
-                    counters[i].store(fence, Ordering::SeqCst);
-                }
-                return (i, reply);
+            let (reply, counter, found) = ask(
+                &inner,
+                i,
+                &admission,
+                &token,
+                plan.ttl_ms,
+                prepared.as_deref(),
+            )
+            .await;
+            if let (Some(counters), Some(c)) = (&counters, counter) {
+                let fence = match step {
+                    Some(Step::Last) => c,
+                    _ => c.saturating_add(1),
+                };
+                counters[i].store(fence, Ordering::SeqCst);
             }
-            let reply = match fence_keys.zip(counters) {
-                None => {
-                    node.acquire(
-                        &inner.scripts,
-                        &keys,
-                        &token,
-                        plan.ttl_ms,
-                        with_get.as_deref(),
-                    )
-                    .await
-                }
-                Some((fence_keys, counters)) => {
-                    let (reply, counter) = node
-                        .acquire_fenced(&inner.scripts, &keys, &fence_keys, &token, plan.ttl_ms)
-                        .await;
-                    if let Some(c) = counter {
-                        counters[i].store(c.saturating_add(1), Ordering::SeqCst);
-                    }
-                    reply
-                }
-            };
+            if found.is_some() {
+                *crate::link::lock(&in_use) = found;
+            }
             (i, reply)
         }
     });
@@ -157,65 +176,30 @@ async fn attempt_in_span(
     // others give their nodes back, and the leader asks those nodes again.
     let mut standing = tally.standing(&token);
     let mut asked_again: Option<InFlight> = None;
-    if let ([key], None, None) = (&keys[..], &fence_keys, &admission) {
-        let mut rounds = 0;
-        while standing == Standing::Lead
-            && rounds < ASK_AGAIN_ROUNDS
-            && start.elapsed() < plan.node_deadline
-        {
-            rounds += 1;
-            if rounds == 1 {
-                // The contenders decided when we did and are deleting
-                // their keys now: a few turns of the scheduler usually
-                // let those deletes out before our SETs.
-                for _ in 0..4 {
-                    tokio::task::yield_now().await;
-                }
-            } else {
-                tokio::time::sleep(ASK_AGAIN_PAUSE).await;
-            }
-            let nodes = tally.reopen_held();
-            let mut again: Fanout<_> = (0..inner.nodes.len())
-                .filter(|i| nodes & (1u64 << i) != 0)
-                .map(|i| {
-                    let (inner, key, token) = (inner.clone(), key.clone(), token.clone());
-                    let with_get = with_get.clone();
-                    async move {
-                        let node = &inner.nodes[i];
-                        let reply = node
-                            .ask_again(&key, &token, plan.ttl_ms, with_get.as_deref())
-                            .await;
-                        (i, reply)
-                    }
-                })
-                .collect();
-            let now = Instant::now();
-            let window = (now, now + plan.node_deadline);
-            quorum::gather(&mut again, &mut tally, window, plan.node_deadline, None).await;
-            asked_again = merge(asked_again, in_flight(again));
-            standing = tally.standing(&token);
-        }
+    if let Some(key) = admission.plain_key() {
+        let asking = (key, &token, prepared.as_ref());
+        (standing, asked_again) =
+            ask_again(inner, asking, &mut tally, (standing, start), plan).await;
     }
-    // The largest counter among the voters, plus one, made durable on a
-    // quorum before the lock is handed out.
-    let reader = admission.as_ref().is_some_and(|a| a.side == Side::Read);
-    let fence = match (&fence_keys, &counters, tally.decision()) {
-        (Some(_), Some(counters), Some(Decision::Won)) if reader => {
-            // Readers share: they only learn the last writer's fence.
-            Ok(counters.iter().map(|c| c.load(Ordering::SeqCst)).max())
-        }
-        (Some(fence_keys), Some(counters), Some(Decision::Won)) => {
-            let fence = counters
-                .iter()
-                .map(|c| c.load(Ordering::SeqCst))
-                .max()
-                .unwrap_or(1);
-            let commit = commit_fence(inner, (&keys, fence_keys, &token), fence, plan).await;
-            if commit.decision() == Some(Decision::Won) {
-                Ok(Some(fence))
-            } else {
-                // Exclusion is fine, but the token could not be made durable.
-                Err(commit.error())
+    let fence = match (&admission.fence, &counters, tally.decision()) {
+        (Some(fence), Some(counters), Some(Decision::Won)) => {
+            let read = counters.iter().map(|c| c.load(Ordering::SeqCst)).max();
+            match fence.step {
+                // Shared holders only learn the last fence.
+                Step::Last => Ok(read),
+                // The largest among the voters, made durable on a quorum
+                // before the lock is handed out.
+                Step::Next => {
+                    let fence_value = read.unwrap_or(1);
+                    let commit =
+                        commit_fence(inner, (&keys, &fence.keys, &token), fence_value, plan).await;
+                    if commit.decision() == Some(Decision::Won) {
+                        Ok(Some(fence_value))
+                    } else {
+                        // Exclusion is fine, but the token could not be made durable.
+                        Err(commit.error())
+                    }
+                }
             }
         }
         _ => Ok(None),
@@ -246,18 +230,19 @@ async fn attempt_in_span(
             // SETs still out are driven by the lock (see `watch_late_sets`).
             return Ok(Lock::new(
                 inner.clone(),
-                keys,
-                token,
-                ttl,
+                (keys, token, ttl),
                 ((start + validity).into_std(), validity, suspended),
                 merge(in_flight(calls), asked_again),
-                (fence, admission.as_ref().and_then(|a| a.companions())),
+                (fence, admission),
             ));
         }
         (Err(error), _, _) => error,
         (_, Some(Decision::Won), None) => Error::ValidityExhausted { elapsed, ttl },
-        _ => match admission.as_ref().and_then(|a| a.name_in_use()) {
-            Some(error) => error,
+        _ => match *crate::link::lock(&in_use) {
+            Some(found) => Error::NameInUse {
+                name: admission.name.to_string(),
+                found,
+            },
             None => tally.error(),
         },
     };
@@ -270,6 +255,59 @@ async fn attempt_in_span(
         seen_held: tally.refused() > 0,
         contest: standing,
     })
+}
+
+/// The leader of a contest on a plain key (see
+/// [`Standing::Lead`](crate::quorum::Standing)) asks the nodes its
+/// contenders held once more, while the node deadline allows: the others
+/// are giving their keys back. Returns the standing after it, and the
+/// calls still out.
+async fn ask_again(
+    inner: &Arc<Inner>,
+    (key, token, prepared): (&Arc<str>, &Arc<str>, Option<&Arc<redis::Cmd>>),
+    tally: &mut Tally,
+    (mut standing, start): (Standing, Instant),
+    plan: Plan,
+) -> (Standing, Option<InFlight>) {
+    let mut asked_again: Option<InFlight> = None;
+    let mut rounds = 0;
+    while standing == Standing::Lead
+        && rounds < ASK_AGAIN_ROUNDS
+        && start.elapsed() < plan.node_deadline
+    {
+        rounds += 1;
+        if rounds == 1 {
+            // The contenders decided when we did and are deleting their
+            // keys now: a few turns of the scheduler usually let those
+            // deletes out before our SETs.
+            for _ in 0..4 {
+                tokio::task::yield_now().await;
+            }
+        } else {
+            tokio::time::sleep(ASK_AGAIN_PAUSE).await;
+        }
+        let nodes = tally.reopen_held();
+        let mut again: Fanout<_> = (0..inner.nodes.len())
+            .filter(|i| nodes & (1u64 << i) != 0)
+            .map(|i| {
+                let (inner, key, token) = (inner.clone(), key.clone(), token.clone());
+                let prepared = prepared.cloned();
+                async move {
+                    let node = &inner.nodes[i];
+                    let reply = node
+                        .ask_again(&key, &token, plan.ttl_ms, prepared.as_deref())
+                        .await;
+                    (i, reply)
+                }
+            })
+            .collect();
+        let now = Instant::now();
+        let window = (now, now + plan.node_deadline);
+        quorum::gather(&mut again, tally, window, plan.node_deadline, None).await;
+        asked_again = merge(asked_again, in_flight(again));
+        standing = tally.standing(token);
+    }
+    (standing, asked_again)
 }
 
 /// Times a contest's leader asks again the nodes its contenders held.

@@ -35,6 +35,8 @@ pub(crate) struct Cleanup {
     release_all: bool,
     /// Wake waiters when deleting (a holder's release, not a failed attempt).
     announce: bool,
+    /// Keys whose release channels are announced on too.
+    also_announce: Option<Keys>,
     /// `pending` are deletes: one that got no answer is sent again.
     pending_deletes: bool,
     /// Nodes whose delete is among `pending` (bit `i` for node `i`).
@@ -63,9 +65,16 @@ impl Cleanup {
             redelete: Vec::new(),
             release_all: true,
             announce: false,
+            also_announce: None,
             pending_deletes: true,
             waiting: 0,
         }
+    }
+
+    /// Also announce the release on `keys`' channels.
+    pub(crate) fn announcing(mut self, keys: Keys) -> Self {
+        self.also_announce = Some(keys);
+        self
     }
 
     /// Also watch these `SET`s: any that lands gets its own delete.
@@ -152,7 +161,9 @@ impl Cleanup {
         let work = async {
             let mut unanswered = Vec::new();
             if self.release_all {
-                let (tally, leftover) = inner.release_quorum(&keys, &token, self.announce).await;
+                let also = self.also_announce.clone().unwrap_or_else(|| Arc::from([]));
+                let announce = self.announce.then_some(&also);
+                let (tally, leftover) = inner.release_quorum(&keys, &token, announce).await;
                 // Calls still out are in `leftover`; these failed outright.
                 unanswered.extend(
                     tally

@@ -13,6 +13,7 @@ use tokio::sync::Notify;
 
 use crate::link::lock;
 
+use super::admission::Admission;
 use super::cleanup::{delete_on, in_flight, still_out, Cleanup, InFlight};
 use super::{Inner, Keys};
 use crate::clock;
@@ -81,6 +82,10 @@ impl Status {
     }
 }
 
+fn no_keys() -> Keys {
+    Arc::from([])
+}
+
 /// State shared by a lock, its guards and its keep-alive task.
 struct Shared {
     inner: Arc<Inner>,
@@ -91,6 +96,9 @@ struct Shared {
     /// Keys that must live as long as the lock's, extended with them (a
     /// permit's count record); empty for most locks.
     companions: Keys,
+    /// Keys whose release channels the release announces on too (see
+    /// [`Admission::also_announce`]); empty for most locks.
+    also_announce: Keys,
     /// The current status; `changed` wakes the waiters of `lost()` and the
     /// keep-alive task whenever it changes.
     status: std::sync::Mutex<Status>,
@@ -202,6 +210,7 @@ impl Shared {
                 self.token.clone(),
                 self.status().ttl,
             )
+            .announcing(self.also_announce.clone())
             .run(self.runtime.as_ref());
         }
         self.lost_error(votes, cause, source)
@@ -536,7 +545,14 @@ async fn keep_alive(shared: Arc<Shared>, policy: KeepAlive) {
 pub struct Lock {
     shared: Arc<Shared>,
     keeper: Option<KeepAliveTask>,
+    /// Dropped with the handle, after its release has begun (see
+    /// [`Lock::keeping`]).
+    keepsake: Option<Keepsake>,
 }
+
+/// What a primitive keeps with a lock until its handle is gone: a
+/// semaphore's note that this process holds the permit's slot.
+pub(crate) type Keepsake = Box<dyn std::any::Any + Send + Sync>;
 
 impl std::fmt::Debug for Lock {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -552,12 +568,10 @@ impl std::fmt::Debug for Lock {
 impl Lock {
     pub(crate) fn new(
         inner: Arc<Inner>,
-        keys: Keys,
-        token: Arc<str>,
-        ttl: Duration,
+        (keys, token, ttl): (Keys, Arc<str>, Duration),
         (deadline, validity, suspended): (Instant, Duration, Duration),
         late_sets: Option<InFlight>,
-        (fence, companions): (Option<u64>, Option<Keys>),
+        (fence, admission): (Option<u64>, &Admission),
     ) -> Self {
         let status = Status {
             deadline,
@@ -574,7 +588,8 @@ impl Lock {
             keys,
             token,
             fence,
-            companions: companions.unwrap_or_else(|| Arc::from([])),
+            companions: admission.companions.clone().unwrap_or_else(no_keys),
+            also_announce: admission.also_announce.clone().unwrap_or_else(no_keys),
             status: std::sync::Mutex::new(status),
             changed: Notify::new(),
             deleted: AtomicU64::new(0),
@@ -594,7 +609,14 @@ impl Lock {
         Self {
             shared,
             keeper: None,
+            keepsake: None,
         }
+    }
+
+    /// Keeps `keepsake` until the handle is released or dropped.
+    pub(crate) fn keeping(mut self, keepsake: Keepsake) -> Self {
+        self.keepsake = Some(keepsake);
+        self
     }
 
     /// The resource name as it was passed to `acquire` (the first one, for
@@ -755,6 +777,7 @@ impl Lock {
             s.token.clone(),
             s.status().ttl,
         )
+        .announcing(s.also_announce.clone())
     }
 
     /// Deletes the lock on every node where it still holds our token (an
@@ -793,7 +816,11 @@ impl Lock {
         let (tally, pending) = self
             .shared
             .inner
-            .release_quorum(&self.shared.keys, &self.shared.token, true)
+            .release_quorum(
+                &self.shared.keys,
+                &self.shared.token,
+                Some(&self.shared.also_announce),
+            )
             .await;
         self.shared
             .deleted
@@ -815,7 +842,9 @@ impl Lock {
         if before.lost || before.released {
             Err(self.shared.loss())
         } else if tally.votes() >= tally.quorum() {
-            self.shared.inner.wakeups.released_here(&self.shared.keys);
+            let wakeups = &self.shared.inner.wakeups;
+            wakeups.released_here(&self.shared.keys);
+            wakeups.released_here(&self.shared.also_announce);
             Ok(())
         } else if tally.held_elsewhere() {
             let source = tally.first_error(|_| true);

@@ -26,6 +26,7 @@ use crate::wake::Wakeups;
 use crate::Error;
 
 pub(crate) mod acquire;
+pub(crate) mod admission;
 pub(crate) mod attempt;
 pub(crate) mod cleanup;
 pub(crate) mod lock;
@@ -192,10 +193,13 @@ impl Inner {
         self: &Arc<Self>,
         keys: &Keys,
         token: &Arc<str>,
-        announce: bool,
+        announce: Option<&Keys>,
     ) -> (Tally, Option<InFlight>) {
         // One command for every node.
-        let eval = Arc::new(self.scripts.release_cmd(keys, token, announce));
+        let eval = Arc::new(
+            self.scripts
+                .release_cmd(keys, token, announce.map(|k| &k[..])),
+        );
         let mut calls = self.fan_out(|inner, i| {
             let (keys, eval) = (keys.clone(), eval.clone());
             async move {
