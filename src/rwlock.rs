@@ -24,6 +24,14 @@
 //! readers cannot keep a waiting writer out; the price is that readers
 //! wait behind a waiting writer. `try_write` leaves no intent.
 //!
+//! The intent keeps readers out, never a writer: writers exclude each
+//! other by the writer's key alone, as mutexes do. (When an intent was a
+//! writer's own and stopped the others, two waiting writers whose intents
+//! landed on different nodes each lacked a quorum until the intents
+//! expired, and nobody held the lock for half a second.) A writer that
+//! gets in removes the intent; writers still waiting set it again when
+//! they next find readers.
+//!
 //! # Fences
 //! With fencing on, a writer's fence grows with every writer, as a
 //! mutex's does. A reader's fence is the last writer's: the version it
@@ -219,7 +227,6 @@ impl RwLock {
             .saturating_add(inner.node_timeout.saturating_mul(2))
             .max(Duration::from_millis(100));
         let intent_ms = u64::try_from(intent.as_millis()).unwrap_or(u64::MAX);
-        // The same writer across the retries, so its intent is its own.
         let writer = &self.writer(keys, intent_ms);
         with_retries(inner, &watched, ttl, |plan| attempt(inner, writer, plan)).await
     }
