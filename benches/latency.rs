@@ -281,6 +281,25 @@ async fn floor_round(raw: &Raw, run: Duration) -> usize {
     count.load(Ordering::Relaxed)
 }
 
+/// `try_acquire` calls on distinct keys that failed in scenario 2 (none
+/// should: nobody else wants those keys), and the first few errors.
+static FAILED: AtomicUsize = AtomicUsize::new(0);
+static FIRST_ERRORS: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+fn failed(e: &str) {
+    FAILED.fetch_add(1, Ordering::Relaxed);
+    let mut first = FIRST_ERRORS.lock().unwrap_or_else(|p| p.into_inner());
+    if first.len() < 5 {
+        first.push(e.to_string());
+    }
+}
+
+/// The failures counted so far, and their first errors.
+fn failures() -> (usize, Vec<String>) {
+    let first = FIRST_ERRORS.lock().unwrap_or_else(|p| p.into_inner());
+    (FAILED.load(Ordering::Relaxed), first.clone())
+}
+
 async fn library_round(lib: &Redlock, run: Duration) -> usize {
     let count = Arc::new(AtomicUsize::new(0));
     let end = Instant::now() + run;
@@ -289,10 +308,26 @@ async fn library_round(lib: &Redlock, run: Duration) -> usize {
             let (lib, count) = (lib.clone(), count.clone());
             tokio::spawn(async move {
                 let key = format!("bench:t:lib:{task}");
+                let mut last = String::new();
                 while Instant::now() < end {
-                    if let Ok(lock) = lib.try_acquire(&key, TTL).await {
-                        count.fetch_add(1, Ordering::Relaxed);
-                        let _ = lock.release().await;
+                    match lib.try_acquire(&key, TTL).await {
+                        Ok(lock) => {
+                            count.fetch_add(1, Ordering::Relaxed);
+                            last = lock.token().to_string();
+                            if let Err(e) = lock.release().await {
+                                failed(&format!("release: {e}"));
+                            }
+                        }
+                        Err(e) => {
+                            let seen = match std::env::var_os("BENCH_WHY") {
+                                Some(_) => match lib.inspect(&key).await {
+                                    Ok(i) => format!("{:?}", i.nodes()).replace(&last, "LAST"),
+                                    Err(e) => format!("{e}"),
+                                },
+                                None => String::new(),
+                            };
+                            failed(&format!("{e:?} last={last} {seen}"));
+                        }
                     }
                 }
             })
@@ -587,14 +622,24 @@ async fn main() {
     let mut table = Table { rows: Vec::new() };
 
     let sizes: &[usize] = if only.is_some() { &[3] } else { &[1, 3, 5] };
+    // BENCH_ONLY=uncontended: scenario 1 alone, at full length (run it
+    // under `taskset -c 0` to see the client's own CPU time per acquire).
+    let uncontended_only = only.as_deref() == Some("uncontended");
     for &n in sizes {
         let (urls, _cluster) = match support::nodes(n) {
             Some(nodes) => nodes,
             None => continue,
         };
         println!("N = {n}");
-        let [fa, far, la, lar] =
-            uncontended(&urls, if only.is_some() { 10 } else { iterations }).await;
+        let [fa, far, la, lar] = uncontended(
+            &urls,
+            if only.is_some() && !uncontended_only {
+                10
+            } else {
+                iterations
+            },
+        )
+        .await;
         table.row(
             &format!("N={n} (1) acquire p50"),
             us(fa.0),
@@ -621,6 +666,9 @@ async fn main() {
         );
         if n != 3 {
             continue;
+        }
+        if uncontended_only {
+            break;
         }
         if only.as_deref() == Some("primitives") {
             let ((f, m, p), (tf, ts, tr)) = primitives(&urls, 300, run, 1).await;
@@ -650,10 +698,12 @@ async fn main() {
             println!(
                 "64-task throughput, {which}: floor {:.0}/s ({fc:.1} + {fn_:.1} µs CPU per cycle, \
                  client + nodes), quorumlock {:.0}/s ({lc:.1} + {ln:.1} µs); median ratio of \
-                 interleaved pairs {m:.3}; CPU per cycle, floor / quorumlock {:.3}",
+                 interleaved pairs {m:.3}; CPU per cycle, floor / quorumlock {:.3}; \
+                 failed try_acquire calls {:?}",
                 f.cycles as f64 / 6.0,
                 l.cycles as f64 / 6.0,
                 f.total_cpu_per_cycle() / l.total_cpu_per_cycle(),
+                failures(),
             );
             return;
         }
@@ -665,6 +715,13 @@ async fn main() {
             format!("{:.0}/s", f.cycles as f64 / secs),
             format!("{:.0}/s", l.cycles as f64 / secs),
             format!("{m:.2}x"),
+        );
+        let (failed, first) = failures();
+        table.row(
+            "N=3 (2) failed try_acquire calls on distinct keys",
+            "-".to_string(),
+            format!("{failed} of {}", l.cycles + failed),
+            format!("{first:?}"),
         );
         table.row(
             "N=3 (2) CPU per cycle, client + nodes (ratio floor / quorumlock)",

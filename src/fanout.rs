@@ -51,6 +51,10 @@ impl<F: Future> Stream for Fanout<F> {
         }
         Poll::Pending
     }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        (self.pending, Some(self.pending))
+    }
 }
 
 #[cfg(test)]

@@ -117,6 +117,18 @@ struct State {
     last_error: Option<RedisError>,
 }
 
+/// Room for calls queued on one connection before a sender waits. Calls on
+/// one connection reach the server in the order they were queued, and the
+/// lock counts on that: a release's delete must run after the acquire's
+/// `SET` on that node, and a retry's `SET` after the failed attempt's
+/// delete. redis-rs's default room (50) is full under 64 tasks; a sender
+/// that then waits is given its place when room frees, but sends only when
+/// its task is next polled, and a late `SET` handed to a task that has not
+/// run yet went out after the release's delete and left its key behind
+/// (the bench's "failed attempts on distinct keys"). With this much room
+/// no call waits; the queue takes memory only for what is queued.
+const PIPELINE_BUFFER: usize = 1 << 16;
+
 /// A node's self-healing command connection.
 pub(crate) struct Link {
     index: usize,
@@ -143,7 +155,8 @@ impl Link {
             // a reply that arrives late must still be seen so its key can be
             // cleaned up. A silent connection is caught by the health limit.
             .set_response_timeout(None)
-            .set_connection_timeout(Some(connect_timeout));
+            .set_connection_timeout(Some(connect_timeout))
+            .set_pipeline_buffer_size(PIPELINE_BUFFER);
         Self {
             index,
             transport,

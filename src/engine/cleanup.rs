@@ -8,12 +8,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::{Future, FutureExt, Stream, StreamExt};
+use futures::{FutureExt, Stream, StreamExt};
 
 use super::{health_limit, Inner, Keys};
 use crate::backoff::Backoff;
 use crate::error::FailureKind;
-use crate::fanout::Fanout;
 use crate::quorum::{Reply, Tally};
 
 /// Calls still in flight, each yielding its node index and reply.
@@ -41,6 +40,9 @@ pub(crate) struct Cleanup {
     pending_deletes: bool,
     /// Nodes whose delete is among `pending` (bit `i` for node `i`).
     waiting: u64,
+    /// The release's deletes, sent already (see [`run`](Self::run)), and
+    /// when.
+    sent: Option<(tokio::time::Instant, InFlight)>,
 }
 
 impl Cleanup {
@@ -68,6 +70,7 @@ impl Cleanup {
             also_announce: None,
             pending_deletes: true,
             waiting: 0,
+            sent: None,
         }
     }
 
@@ -120,6 +123,22 @@ impl Cleanup {
         if !self.release_all && self.drain_ready() {
             return;
         }
+        if self.release_all && tokio::runtime::Handle::try_current().is_ok() {
+            // The deletes go out now, not when the task first runs: a
+            // caller that retries at once must find its SETs queued behind
+            // them on each node's connection, or its own leftover key
+            // votes against it.
+            let also = self.also_announce.clone().unwrap_or_else(|| Arc::from([]));
+            let announce = self.announce.then_some(&also);
+            let mut calls = self.inner.release_calls(&self.keys, &self.token, announce);
+            let start = tokio::time::Instant::now();
+            let mut early = Vec::new();
+            while let Some(Some(reply)) = calls.next().now_or_never() {
+                early.push(reply);
+            }
+            let calls = futures::stream::iter(early).chain(calls);
+            self.sent = Some((start, Box::pin(calls)));
+        }
         let current = tokio::runtime::Handle::try_current().ok();
         if let Some(runtime) = runtime.or(current.as_ref()) {
             let running = self.inner.background.started();
@@ -161,9 +180,14 @@ impl Cleanup {
         let work = async {
             let mut unanswered = Vec::new();
             if self.release_all {
-                let also = self.also_announce.clone().unwrap_or_else(|| Arc::from([]));
-                let announce = self.announce.then_some(&also);
-                let (tally, leftover) = inner.release_quorum(&keys, &token, announce).await;
+                let (tally, leftover) = match self.sent.take() {
+                    Some((start, calls)) => inner.gather_release(start, calls).await,
+                    None => {
+                        let also = self.also_announce.clone().unwrap_or_else(|| Arc::from([]));
+                        let announce = self.announce.then_some(&also);
+                        inner.release_quorum(&keys, &token, announce).await
+                    }
+                };
                 // Calls still out are in `leftover`; these failed outright.
                 unanswered.extend(
                     tally
@@ -260,11 +284,11 @@ pub(crate) async fn delete_on(inner: &Inner, node: usize, keys: &[Arc<str>], tok
 }
 
 /// Boxes the calls still running, if any.
-pub(crate) fn in_flight<F>(calls: Fanout<F>) -> Option<InFlight>
+pub(crate) fn in_flight<S>(calls: S) -> Option<InFlight>
 where
-    F: Future<Output = (usize, Reply)> + Send + 'static,
+    S: Stream<Item = (usize, Reply)> + Send + 'static,
 {
-    (!calls.is_empty()).then(|| Box::pin(calls) as InFlight)
+    (calls.size_hint().1 != Some(0)).then(|| Box::pin(calls) as InFlight)
 }
 
 /// Both sets of calls still running, as one.

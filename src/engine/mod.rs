@@ -195,12 +195,24 @@ impl Inner {
         token: &Arc<str>,
         announce: Option<&Keys>,
     ) -> (Tally, Option<InFlight>) {
+        let calls = self.release_calls(keys, token, announce);
+        self.gather_release(Instant::now(), calls).await
+    }
+
+    /// The compare-and-delete of `keys` on every node, not yet sent: the
+    /// first poll sends all of them (see [`release_quorum`](Self::release_quorum)).
+    pub(crate) fn release_calls(
+        self: &Arc<Self>,
+        keys: &Keys,
+        token: &Arc<str>,
+        announce: Option<&Keys>,
+    ) -> Fanout<impl Future<Output = (usize, Reply)> + Send + 'static> {
         // One command for every node.
         let eval = Arc::new(
             self.scripts
                 .release_cmd(keys, token, announce.map(|k| &k[..])),
         );
-        let mut calls = self.fan_out(|inner, i| {
+        self.fan_out(|inner, i| {
             let (keys, eval) = (keys.clone(), eval.clone());
             async move {
                 let (reply, heard) = inner.nodes[i].release_prepared(&inner.scripts, &eval).await;
@@ -209,13 +221,24 @@ impl Inner {
                 }
                 (i, reply)
             }
-        });
+        })
+    }
+
+    /// Reads the replies of a release's deletes, sent at `start`, until a
+    /// quorum confirmed it (or cannot).
+    pub(crate) async fn gather_release<S>(
+        &self,
+        start: Instant,
+        mut calls: S,
+    ) -> (Tally, Option<InFlight>)
+    where
+        S: futures::Stream<Item = (usize, Reply)> + Unpin + Send + 'static,
+    {
         // Past the node timeout too, up to the release timeout, while the
         // silent nodes' connections still bring replies: on a busy machine a
         // delete that is merely slow still counts, so a release that removed
         // the keys does not read as failed. A frozen or dead node (nothing
         // on its connection for two node timeouts) is not waited for.
-        let start = Instant::now();
         let limit = start + self.release_timeout.max(self.node_timeout);
         let mut tally = Tally::new(self.nodes.len());
         let flowing = |tally: &Tally| {
