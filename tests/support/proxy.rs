@@ -1,5 +1,7 @@
 //! A small TCP proxy in front of one Redis node, for network faults:
-//! latency, blackholes, connection resets, and a node clock that runs fast.
+//! latency (on requests or on replies), blackholes (after which held
+//! connections resume, or stay dead), connection resets, and a node clock
+//! that runs fast.
 //!
 //! Requests are forwarded whole (one RESP command at a time), so a fast
 //! clock can be emulated by scaling the TTLs the node is given: a node whose
@@ -19,6 +21,8 @@ use tokio::task::JoinHandle;
 struct Faults {
     /// Extra delay before each request is forwarded: uniform in `min..=max`.
     latency: Option<(Duration, Duration)>,
+    /// Extra delay before each chunk of replies is passed back, likewise.
+    reply_latency: Option<(Duration, Duration)>,
     blackhole: Blackhole,
     /// Speed of the node's clock relative to ours.
     clock_speed: f64,
@@ -60,6 +64,7 @@ impl Proxy {
         let port = listener.local_addr().unwrap().port();
         let (faults, rx) = watch::channel(Faults {
             latency: None,
+            reply_latency: None,
             blackhole: Blackhole::Off,
             clock_speed: 1.0,
             generation: 0,
@@ -109,6 +114,14 @@ impl Proxy {
             .send_modify(|f| f.latency = Some((Duration::ZERO, max)));
     }
 
+    /// Each chunk of replies (a reply, or the few the node wrote at once)
+    /// waits a random delay of at most `max` before it is passed back: the
+    /// node has done the work, the client hears of it late.
+    pub fn random_reply_latency(&self, max: Duration) {
+        self.faults
+            .send_modify(|f| f.reply_latency = Some((Duration::ZERO, max)));
+    }
+
     /// New connections are accepted and held without an answer.
     pub fn blackhole(&self) {
         self.faults.send_modify(|f| f.blackhole = Blackhole::New);
@@ -117,6 +130,19 @@ impl Proxy {
     /// Like [`blackhole`](Self::blackhole), and open connections stall too.
     pub fn hard_blackhole(&self) {
         self.faults.send_modify(|f| f.blackhole = Blackhole::All);
+    }
+
+    /// Like [`hard_blackhole`](Self::hard_blackhole), but the connections
+    /// open now never recover: [`heal`](Self::heal) lets only those
+    /// accepted from now on flow (a NAT or firewall that lost their state
+    /// while the path was down). Nothing is closed, and what is held on a
+    /// dead connection is never delivered either way.
+    pub fn fatal_blackhole(&self) {
+        let next = self.accepted();
+        self.faults.send_modify(|f| {
+            f.blackhole = Blackhole::All;
+            f.stall_below = f.stall_below.max(next);
+        });
     }
 
     /// The node's clock runs `speed` times as fast as ours.
@@ -129,10 +155,12 @@ impl Proxy {
         self.faults.send_modify(|f| f.generation += 1);
     }
 
-    /// Back to normal: held traffic flows again, no delay, true clock.
+    /// Back to normal: held traffic flows again (except on connections
+    /// stalled for good), no delay, true clock.
     pub fn heal(&self) {
         self.faults.send_modify(|f| {
             f.latency = None;
+            f.reply_latency = None;
             f.blackhole = Blackhole::Off;
             f.clock_speed = 1.0;
         });
@@ -185,6 +213,16 @@ async fn connection(
     let _ = server.set_zero_linger();
 }
 
+/// A random delay in `min..=max`.
+fn draw((min, max): (Duration, Duration)) -> Duration {
+    let extra = max.saturating_sub(min).as_micros() as u64;
+    min + Duration::from_micros(if extra == 0 {
+        0
+    } else {
+        rand::random_range(0..=extra)
+    })
+}
+
 /// Client to server, one whole command at a time. Commands are read as
 /// they come and each is forwarded at its arrival time plus its delay (never
 /// before the one ahead of it), as on a network with latency: delays overlap
@@ -218,15 +256,8 @@ async fn requests(
             let Ok(f) = faults.wait_for(|f| f.flows(seq)).await.map(|f| f.clone()) else {
                 return;
             };
-            if let Some((min, max)) = f.latency {
-                let extra = max.saturating_sub(min).as_micros() as u64;
-                let delay = min
-                    + Duration::from_micros(if extra == 0 {
-                        0
-                    } else {
-                        rand::random_range(0..=extra)
-                    });
-                last_due = last_due.max(arrived + delay);
+            if let Some(range) = f.latency {
+                last_due = last_due.max(arrived + draw(range));
                 tokio::time::sleep_until(last_due).await;
             }
             let args = scale_ttls(args, f.clock_speed);
@@ -241,25 +272,56 @@ async fn requests(
     }
 }
 
-/// Server to client, as it comes, unless a hard blackhole holds it.
+/// Server to client, chunk by chunk as it comes, unless a hard blackhole
+/// holds it; with reply latency, each chunk is passed on at its arrival
+/// time plus its delay (never before the one ahead of it), as requests are.
 async fn replies(
     mut from: impl AsyncRead + Unpin,
     mut to: impl AsyncWrite + Unpin,
     mut faults: watch::Receiver<Faults>,
     seq: u64,
 ) {
-    let mut chunk = [0u8; 4096];
-    loop {
-        let n = match from.read(&mut chunk).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => n,
-        };
-        if faults.wait_for(|f| f.flows(seq)).await.is_err() {
-            return;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let read = async move {
+        let mut chunk = [0u8; 4096];
+        loop {
+            match from.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => {
+                    if tx
+                        .send((tokio::time::Instant::now(), chunk[..n].to_vec()))
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+            }
         }
-        if to.write_all(&chunk[..n]).await.is_err() {
-            return;
+    };
+    let write = async move {
+        let mut last_due = tokio::time::Instant::now();
+        while let Some((arrived, bytes)) = rx.recv().await {
+            let Ok(range) = faults
+                .wait_for(|f| f.flows(seq))
+                .await
+                .map(|f| f.reply_latency)
+            else {
+                return;
+            };
+            if let Some(range) = range {
+                last_due = last_due.max(arrived + draw(range));
+                tokio::time::sleep_until(last_due).await;
+            }
+            if to.write_all(&bytes).await.is_err() {
+                return;
+            }
         }
+    };
+    tokio::pin!(write);
+    tokio::select! {
+        // The server closed: what it sent is passed on first.
+        () = read => write.await,
+        () = &mut write => {}
     }
 }
 

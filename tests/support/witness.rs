@@ -2,7 +2,8 @@
 //! for one or several resources; every successful acquisition records the
 //! window the library promised (`[acquired, min(release, deadline)]`). Two
 //! overlapping windows on one resource are a safety violation. The report
-//! also measures liveness: the longest stretch with no holder.
+//! also measures liveness: the longest stretch with no holder, and how
+//! long clients waited for their holds.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -19,6 +20,22 @@ pub enum Style {
     /// `acquire` with the default retry policy (wake-ups on release),
     /// attempts unlimited, bounded by the run's end.
     Acquire,
+    /// Shared holds (a read lock's) by one `try_read` and the back-off
+    /// after a failure, as [`TryLoop`](Self::TryLoop); exclusive ones
+    /// (writes, and all of a mutex's or a semaphore's) by the waiting call,
+    /// as [`Acquire`](Self::Acquire).
+    TryReadWaitWrite,
+}
+
+impl Style {
+    /// Whether a hold of this kind is asked for by the waiting call.
+    fn waits(self, exclusive: bool) -> bool {
+        match self {
+            Self::TryLoop => false,
+            Self::Acquire => true,
+            Self::TryReadWaitWrite => exclusive,
+        }
+    }
 }
 
 /// What the clients lock.
@@ -47,11 +64,20 @@ pub struct Load {
     pub ttl: Duration,
     /// Time spent holding each lock.
     pub hold: Duration,
+    /// If set, each hold instead lasts a random time in this range.
+    pub hold_range: Option<(Duration, Duration)>,
     pub node_timeout: Duration,
     /// Drift allowance factor (the builder's default is 0.01).
     pub drift_factor: f64,
     /// Random wait after a failed attempt, as a retry policy would.
     pub backoff: (Duration, Duration),
+    /// The managers' retry policy. `None`: the style's (a single attempt
+    /// for a try loop; for waiting calls the default delays, attempts
+    /// unlimited).
+    pub retry: Option<RetryPolicy>,
+    /// The start of the run that the longest gap leaves out (the clients'
+    /// first connections and ballots).
+    pub gap_grace: Duration,
     pub duration: Duration,
 }
 
@@ -68,12 +94,26 @@ impl Load {
             resources: resources.to_vec(),
             ttl: Duration::from_secs(1),
             hold: Duration::from_millis(2),
+            hold_range: None,
             node_timeout: Duration::from_millis(50),
             drift_factor: 0.01,
             backoff: (Duration::from_millis(50), Duration::from_millis(100)),
+            retry: None,
+            gap_grace: Duration::ZERO,
             duration,
         }
     }
+
+    /// How long the next hold lasts.
+    fn next_hold(&self) -> Duration {
+        self.hold_range.map_or(self.hold, between)
+    }
+}
+
+/// A random time in `min..=max`.
+fn between((min, max): (Duration, Duration)) -> Duration {
+    let extra = max.saturating_sub(min).as_micros() as u64;
+    min + Duration::from_micros(rand::random_range(0..=extra))
 }
 
 /// Figures from one run.
@@ -91,6 +131,9 @@ pub struct Report {
     pub latency_p50: Duration,
     pub latency_p99: Duration,
     pub max_latency: Duration,
+    /// Each hold's wait, sorted: from a client's first attempt at a hold,
+    /// through failed attempts and back-offs, until it held the lock.
+    pub waits: Vec<Duration>,
     /// Longest time any resource had no holder while clients were trying.
     pub longest_gap: Duration,
     /// When that stretch began, from the start of the run.
@@ -104,6 +147,19 @@ impl Report {
     pub fn rate(&self) -> f64 {
         self.acquisitions as f64 / self.elapsed.as_secs_f64()
     }
+
+    /// Holds that were exclusive (writes, for a read-write lock).
+    pub fn exclusive(&self) -> usize {
+        self.acquisitions - self.reads
+    }
+}
+
+/// The `q` quantile (0..=1) of sorted `values`; zero if there are none.
+pub fn quantile(values: &[Duration], q: f64) -> Duration {
+    if values.is_empty() {
+        return Duration::ZERO;
+    }
+    values[((values.len() - 1) as f64 * q.clamp(0.0, 1.0)) as usize]
 }
 
 impl std::fmt::Display for Report {
@@ -143,6 +199,7 @@ struct Record {
     /// Holds by readers.
     reads: usize,
     latencies: Vec<Duration>,
+    waits: Vec<Duration>,
     contended: usize,
     unavailable: usize,
     other_errors: usize,
@@ -164,10 +221,10 @@ pub async fn run(urls: &[String], load: &Load) -> Report {
 /// not addresses: clusters, the service's own connections), and judges it.
 pub async fn run_on(nodes: impl Fn() -> quorumlock::Builder, load: &Load) -> Report {
     let record = Arc::new(Mutex::new(Record::default()));
-    let retry = match load.style {
+    let retry = load.retry.clone().unwrap_or_else(|| match load.style {
         Style::TryLoop => RetryPolicy::none(),
-        Style::Acquire => RetryPolicy::new().attempts(u32::MAX),
-    };
+        Style::Acquire | Style::TryReadWaitWrite => RetryPolicy::new().attempts(u32::MAX),
+    });
     // Every client's manager first: the run measures locking, not start-up.
     let managers = futures::future::join_all((0..load.clients).map(|_| {
         nodes()
@@ -189,7 +246,7 @@ pub async fn run_on(nodes: impl Fn() -> quorumlock::Builder, load: &Load) -> Rep
     }
     let elapsed = start.elapsed();
     let record = Arc::try_unwrap(record).ok().unwrap().into_inner().unwrap();
-    judge(record, load.kind, (start, start + elapsed), elapsed)
+    judge(record, load.kind, start, load.gap_grace, elapsed)
 }
 
 async fn client(redlock: Redlock, load: Load, record: Arc<Mutex<Record>>, end: Instant) {
@@ -206,6 +263,8 @@ async fn client(redlock: Redlock, load: Load, record: Arc<Mutex<Record>>, end: I
         .map(|r| (r.clone(), redlock.rw_lock(r)))
         .collect();
     const HANG: Duration = Duration::from_secs(5);
+    // When the client began to want its next hold.
+    let mut wanted = None;
     while Instant::now() < end {
         let resource = &load.resources[rand::random_range(0..load.resources.len())];
         let write = match load.kind {
@@ -213,44 +272,48 @@ async fn client(redlock: Redlock, load: Load, record: Arc<Mutex<Record>>, end: I
             _ => true,
         };
         let rw = &rw_locks[resource];
+        let waits = load.style.waits(write);
         let asked = Instant::now();
+        let wanted_since = *wanted.get_or_insert(asked);
         let attempt = async {
-            match load.style {
-                Style::TryLoop => Some(match load.kind {
+            if waits {
+                // Cancelled (and so cleaned up) when the run ends.
+                let left = end.saturating_duration_since(Instant::now());
+                let semaphore = &semaphores[resource];
+                let acquire = async {
+                    match load.kind {
+                        Kind::Mutex => redlock.acquire(resource, load.ttl).await,
+                        Kind::Semaphore(_) => semaphore.acquire(load.ttl).await,
+                        Kind::RwLock(_) if write => rw.write(load.ttl).await,
+                        Kind::RwLock(_) => rw.read(load.ttl).await,
+                    }
+                };
+                tokio::time::timeout(left, acquire).await.ok()
+            } else {
+                Some(match load.kind {
                     Kind::Mutex => redlock.try_acquire(resource, load.ttl).await,
                     Kind::Semaphore(_) => semaphores[resource].try_acquire(load.ttl).await,
                     Kind::RwLock(_) if write => rw.try_write(load.ttl).await,
                     Kind::RwLock(_) => rw.try_read(load.ttl).await,
-                }),
-                // Cancelled (and so cleaned up) when the run ends.
-                Style::Acquire => {
-                    let left = end.saturating_duration_since(Instant::now());
-                    let semaphore = &semaphores[resource];
-                    let acquire = async {
-                        match load.kind {
-                            Kind::Mutex => redlock.acquire(resource, load.ttl).await,
-                            Kind::Semaphore(_) => semaphore.acquire(load.ttl).await,
-                            Kind::RwLock(_) if write => rw.write(load.ttl).await,
-                            Kind::RwLock(_) => rw.read(load.ttl).await,
-                        }
-                    };
-                    tokio::time::timeout(left, acquire).await.ok()
-                }
+                })
             }
         };
         match tokio::time::timeout(HANG, attempt).await {
             Ok(None) => break,
             Ok(Some(Ok(lock))) => {
                 let acquired = Instant::now();
-                tokio::time::sleep(load.hold).await;
+                wanted = None;
+                let hold = load.next_hold();
+                tokio::time::sleep(hold).await;
                 if load.paused_share > 0.0 && rand::random_bool(load.paused_share) {
                     // Paused past the deadline: the window ends there.
-                    tokio::time::sleep(load.ttl + load.hold).await;
+                    tokio::time::sleep(load.ttl + hold).await;
                 }
                 let until = Instant::now().min(lock.deadline());
                 {
                     let mut r = record.lock().unwrap();
                     r.latencies.push(acquired - asked);
+                    r.waits.push(acquired - wanted_since);
                     r.reads += usize::from(!write);
                     r.windows
                         .entry(resource.clone())
@@ -278,12 +341,10 @@ async fn client(redlock: Redlock, load: Load, record: Arc<Mutex<Record>>, end: I
                         r.last_error = Some(format!("{e}{source}"));
                     }
                 }
-                if load.style == Style::Acquire {
+                if waits {
                     continue;
                 }
-                let (min, max) = load.backoff;
-                let jitter = rand::random_range(0..=(max - min).as_micros() as u64);
-                tokio::time::sleep(min + Duration::from_micros(jitter)).await;
+                tokio::time::sleep(between(load.backoff)).await;
             }
             Err(_) => record.lock().unwrap().hung += 1,
         }
@@ -298,12 +359,17 @@ fn capacity(kind: Kind) -> u32 {
     }
 }
 
+/// Judges the run that began at `start` and lasted `elapsed`; the longest
+/// gap is looked for from `grace` into it.
 fn judge(
     mut record: Record,
     kind: Kind,
-    (start, end): (Instant, Instant),
+    start: Instant,
+    grace: Duration,
     elapsed: Duration,
 ) -> Report {
+    let end = start + elapsed;
+    let gaps_from = (start + grace).min(end);
     let mut report = Report {
         contended: record.contended,
         unavailable: record.unavailable,
@@ -316,7 +382,7 @@ fn judge(
     };
     for windows in record.windows.values_mut() {
         report.acquisitions += windows.len();
-        let (violations, (gap, at)) = scan(windows, capacity(kind), start, end);
+        let (violations, (gap, at)) = scan(windows, capacity(kind), gaps_from, end);
         report.violations += violations;
         if gap > report.longest_gap {
             report.longest_gap = gap;
@@ -324,20 +390,15 @@ fn judge(
         }
     }
     if record.windows.is_empty() {
-        report.longest_gap = elapsed;
+        report.longest_gap = end - gaps_from;
+        report.longest_gap_at = gaps_from - start;
     }
     record.latencies.sort();
-    let pick = |q: f64| {
-        let l = &record.latencies;
-        if l.is_empty() {
-            Duration::ZERO
-        } else {
-            l[((l.len() - 1) as f64 * q) as usize]
-        }
-    };
-    report.latency_p50 = pick(0.5);
-    report.latency_p99 = pick(0.99);
+    report.latency_p50 = quantile(&record.latencies, 0.5);
+    report.latency_p99 = quantile(&record.latencies, 0.99);
     report.max_latency = record.latencies.last().copied().unwrap_or_default();
+    record.waits.sort();
+    report.waits = record.waits;
     report
 }
 
@@ -413,7 +474,7 @@ fn scan(
                     covered_until - start
                 );
             }
-        } else if from - covered_until > gap.0 {
+        } else if from.saturating_duration_since(covered_until) > gap.0 {
             gap = (from - covered_until, covered_until);
         }
         covered_until = covered_until.max(until);
