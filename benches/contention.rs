@@ -31,15 +31,8 @@ mod support;
 use std::time::Duration;
 
 use quorumlock::RetryPolicy;
-use support::unique;
 use support::witness::{self, quantile, Kind, Load, Report, Style};
-
-fn env_number(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
+use support::{env_number, unique};
 
 /// Twelve clients with the builder's default settings, TTL 300 ms, holds
 /// of 0-4 ms, a 0-20 ms back-off after a failed try.

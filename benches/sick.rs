@@ -27,15 +27,8 @@ use std::time::{Duration, Instant};
 
 use support::proxy::Net;
 use support::sick::{sicken, Sickness};
-use support::unique;
 use support::witness::{self, Load, Style};
-
-fn env_number(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
+use support::{env_number, unique};
 
 /// Exits with a message: a misspelt selection should not measure nothing.
 fn refuse(what: &str) -> ! {

@@ -67,6 +67,24 @@ pub(crate) fn set_nx_px_cmd(key: &str, token: &str, ttl_ms: u64, get: bool) -> C
     cmd
 }
 
+/// A primitive's admission script's `EVALSHA`, built once for every node:
+/// `keys` and then `fence_keys` as KEYS, and `token`, `ttl_ms` and `args`
+/// as ARGV.
+pub(crate) fn admit_cmd(
+    script: &Script,
+    (keys, fence_keys): (&[Arc<str>], &[Arc<str>]),
+    token: &str,
+    ttl_ms: u64,
+    args: &[String],
+) -> Cmd {
+    let mut eval = evalsha(script, keys, fence_keys);
+    eval.arg(token).arg(ttl_ms);
+    for arg in args {
+        eval.arg(arg.as_str());
+    }
+    eval
+}
+
 /// `EVALSHA` of `script` with `keys` and then `more` as its KEYS; the
 /// caller adds ARGV. Built once, it can be sent to every node.
 pub(crate) fn evalsha(script: &Script, keys: &[Arc<str>], more: &[Arc<str>]) -> Cmd {
@@ -312,27 +330,19 @@ impl Node {
         Ok(out)
     }
 
-    /// A primitive's admission on this node: `script` with `keys` and then
-    /// `fence_keys` as KEYS, and `token`, `ttl_ms` and `args` as ARGV. The
-    /// vote (yes for status `1`), and the script's `{status, value}` when
-    /// it answered. A script that reads fence counters goes only to a
-    /// server that keeps every write (see [`run_script_on`](Self::run_script_on)).
+    /// A primitive's admission on this node by `eval`, built by
+    /// [`admit_cmd`]: the vote (yes for status `1`), and the script's
+    /// `{status, value}` when it answered. With `fenced`, it goes only to
+    /// a server that keeps every write (see [`run_script_on`](Self::run_script_on)).
     pub(crate) async fn admit(
         &self,
         script: &Script,
-        (keys, fence_keys): (&[Arc<str>], &[Arc<str>]),
-        token: &str,
-        ttl_ms: u64,
-        args: &[String],
+        eval: &Cmd,
+        fenced: bool,
     ) -> (Reply, Option<(i64, i64)>) {
-        let mut eval = evalsha(script, keys, fence_keys);
-        eval.arg(token).arg(ttl_ms);
-        for arg in args {
-            eval.arg(arg.as_str());
-        }
-        let durable = self.durable_fences && !fence_keys.is_empty();
+        let durable = self.durable_fences && fenced;
         match self
-            .run_script_on::<(i64, i64)>(&eval, script, durable)
+            .run_script_on::<(i64, i64)>(eval, script, durable)
             .await
         {
             (Ok((1, value)), true) => (Reply::YesRetried, Some((1, value))),

@@ -16,7 +16,7 @@ use super::{Inner, Keys, Plan};
 use crate::claim;
 use crate::error::InUse;
 use crate::fanout::Fanout;
-use crate::node::set_nx_px_cmd;
+use crate::node::{admit_cmd, set_nx_px_cmd};
 use crate::quorum::{self, Decision, Reply, Standing, Tally};
 use crate::stats;
 use crate::Error;
@@ -64,7 +64,9 @@ pub(crate) async fn attempt(
 /// vote read, and what the name is used as when the node refused it so.
 type Answer = (Reply, Option<u64>, Option<InUse>);
 
-/// Asks node `i` to admit `token` as `admission` says.
+/// Asks node `i` to admit `token` as `admission` says; `prepared` is the
+/// command built once for every node (a plain key's `SET`, a primitive's
+/// script).
 async fn ask(
     inner: &Inner,
     i: usize,
@@ -89,10 +91,15 @@ async fn ask(
             (reply, counter, None)
         }
         (Rule::Script { script, keys, args }, fence) => {
-            let fence_keys = fence.as_ref().map_or(&[][..], |f| &f.keys[..]);
-            let (reply, status) = node
-                .admit(script, (keys, fence_keys), token, ttl_ms, args)
-                .await;
+            let fenced = fence.is_some();
+            let (reply, status) = match prepared {
+                Some(eval) => node.admit(script, eval, fenced).await,
+                None => {
+                    let fence_keys = fence.as_ref().map_or(&[][..], |f| &f.keys[..]);
+                    let eval = admit_cmd(script, (keys, fence_keys), token, ttl_ms, args);
+                    node.admit(script, &eval, fenced).await
+                }
+            };
             match status {
                 Some((1, counter)) => (reply, u64::try_from(counter).ok(), None),
                 Some((status, value)) => (reply, None, claim::refused_as(status, value)),
@@ -131,12 +138,27 @@ async fn ballot(
         .fence
         .as_ref()
         .map(|_| (0..inner.nodes.len()).map(|_| AtomicU64::new(0)).collect());
-    // What a node said the name is used as, when one did.
-    let in_use: Arc<std::sync::Mutex<Option<InUse>>> = Arc::default();
-    // A single key's SET, built once for every node.
-    let prepared: Option<Arc<redis::Cmd>> = admission
-        .plain_key()
-        .map(|key| Arc::new(set_nx_px_cmd(key, &token, plan.ttl_ms, true)));
+    // What a node said the name is used as, when one did (only a
+    // primitive's script can say).
+    let in_use: Option<Arc<std::sync::Mutex<Option<InUse>>>> =
+        matches!(admission.rule, Rule::Script { .. }).then(Arc::default);
+    // A single key's SET, or a primitive's script, built once for every node.
+    let prepared: Option<Arc<redis::Cmd>> = match &admission.rule {
+        Rule::Set => admission
+            .plain_key()
+            .map(|key| set_nx_px_cmd(key, &token, plan.ttl_ms, true)),
+        Rule::Script { script, keys, args } => {
+            let fence_keys = admission.fence.as_ref().map_or(&[][..], |f| &f.keys[..]);
+            Some(admit_cmd(
+                script,
+                (keys, fence_keys),
+                &token,
+                plan.ttl_ms,
+                args,
+            ))
+        }
+    }
+    .map(Arc::new);
     let step = admission.fence.as_ref().map(|f| f.step);
     let mut calls = inner.fan_out(|inner, i| {
         let (admission, token, prepared) = (admission.clone(), token.clone(), prepared.clone());
@@ -158,8 +180,8 @@ async fn ballot(
                 };
                 counters[i].store(fence, Ordering::SeqCst);
             }
-            if found.is_some() {
-                *crate::link::lock(&in_use) = found;
+            if let (Some(in_use), Some(_)) = (&in_use, found) {
+                *crate::link::lock(in_use) = found;
             }
             (i, reply)
         }
@@ -238,7 +260,7 @@ async fn ballot(
         }
         (Err(error), _, _) => error,
         (_, Some(Decision::Won), None) => Error::ValidityExhausted { elapsed, ttl },
-        _ => match *crate::link::lock(&in_use) {
+        _ => match in_use.as_ref().and_then(|found| *crate::link::lock(found)) {
             Some(found) => Error::NameInUse {
                 name: admission.name.to_string(),
                 found,

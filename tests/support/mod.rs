@@ -233,6 +233,15 @@ pub fn example_nodes() -> (Vec<String>, Option<Cluster>) {
     }
 }
 
+/// A whole number from the environment variable `name` (a bench's run
+/// length, its number of pairs), or `default` when unset or not a number.
+pub fn env_number(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
 /// A resource name no other test (or earlier run) uses.
 pub fn unique(name: &str) -> String {
     format!("{name}:{:016x}", rand::random::<u64>())
