@@ -384,8 +384,17 @@ async fn primitives(
     let permits = waiting.semaphore(&format!("bench:sem64:{}", token()), 64);
     let rw = waiting.rw_lock(&format!("bench:rw:{}", token()));
     let (mut floor, mut sem, mut reads) = (0, 0, 0);
+    // CPU seconds (client, nodes) of each side's rounds.
+    let mut cpu = [(0.0, 0.0); 3];
+    let mut used = |side: usize, before: (f64, f64), after: (f64, f64)| {
+        cpu[side].0 += after.0 - before.0;
+        cpu[side].1 += after.1 - before.1;
+    };
     for _ in 0..rounds {
+        let before = cpu_used(urls).await;
         floor += floor_round(&raw, run).await;
+        used(0, before, cpu_used(urls).await);
+        let before = cpu_used(urls).await;
         let p = permits.clone();
         sem += tasks_round(run, move || {
             let p = p.clone();
@@ -397,6 +406,8 @@ async fn primitives(
             }
         })
         .await;
+        used(1, before, cpu_used(urls).await);
+        let before = cpu_used(urls).await;
         let r = rw.clone();
         reads += tasks_round(run, move || {
             let r = r.clone();
@@ -408,6 +419,18 @@ async fn primitives(
             }
         })
         .await;
+        used(2, before, cpu_used(urls).await);
+    }
+    for ((who, cycles), (client, nodes)) in [("floor", floor), ("permits", sem), ("reads", reads)]
+        .into_iter()
+        .zip(cpu)
+    {
+        let n = cycles.max(1) as f64;
+        println!(
+            "(6) {who}: {:.1} + {:.1} µs CPU per cycle, client + nodes",
+            client / n * 1e6,
+            nodes / n * 1e6
+        );
     }
     let secs = run.as_secs_f64() * f64::from(rounds);
     let throughput = (floor as f64 / secs, sem as f64 / secs, reads as f64 / secs);

@@ -84,7 +84,7 @@ impl Redlock {
     }
 
     /// Acquires `resource` for `ttl`, retrying by the manager's
-    /// [`RetryPolicy`] while the failure is one a retry could fix. While the
+    /// [`RetryPolicy`](crate::RetryPolicy) while the failure is one a retry could fix. While the
     /// resource is held by someone else, the retry starts as soon as a
     /// release is announced (the release script publishes on
     /// `quorumlock:released:<key>`), the policy's delay being the fallback.
@@ -215,7 +215,7 @@ impl Redlock {
 
     /// Runs `work` while holding `resource`: acquires it (as
     /// [`acquire`](Self::acquire)), keeps it alive in the background
-    /// ([`KeepAlive::default`]), and releases it afterwards, also when `work`
+    /// ([`KeepAlive::default`](crate::KeepAlive::default)), and releases it afterwards, also when `work`
     /// returns an error or panics. If the lock is lost while `work` runs,
     /// `work` is dropped (cancelled at its next `.await`) and the result is
     /// [`Error::Lost`]; `work` can also watch the [`Guard`] it is given and
