@@ -115,9 +115,10 @@ async fn a_waiting_writer_is_not_starved_by_a_stream_of_readers() {
 
 #[tokio::test]
 async fn an_intent_keeps_readers_out_but_never_a_writer() {
-    // Two waiting writers whose intents landed on different nodes: each
-    // node refused the writer whose intent it did not hold, so neither had
-    // a quorum and nobody held the lock until the intents expired.
+    // Another writer's intent on two nodes of three: a node refused every
+    // writer but the intent's own, so two waiting writers whose intents
+    // landed on different nodes each lacked a quorum, and nobody held the
+    // lock until the intents expired.
     let Some((urls, _cluster)) = support::nodes(3) else {
         return;
     };
@@ -127,17 +128,8 @@ async fn an_intent_keeps_readers_out_but_never_a_writer() {
     // The name's kind is recorded by a first use.
     lock.try_read(TTL).await.unwrap().release().await.unwrap();
     let intent = format!("{{{name}}}:intent");
-    for (url, writer) in urls.iter().zip(["writer-a", "writer-b"]) {
-        let mut conn = support::conn(url).await;
-        let () = redis::cmd("SET")
-            .arg(&intent)
-            .arg(writer)
-            .arg("PX")
-            .arg(60_000)
-            .query_async(&mut conn)
-            .await
-            .unwrap();
-    }
+    support::set_foreign(&urls[0], &intent).await;
+    support::set_foreign(&urls[1], &intent).await;
     let e = lock.try_read(TTL).await.unwrap_err();
     assert!(e.is_contended(), "a reader got in past two intents: {e}");
     let writer = lock.try_write(TTL).await.unwrap();
