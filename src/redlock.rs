@@ -209,8 +209,7 @@ impl Redlock {
     /// The mutex on `resources`: `SET NX PX` of their keys.
     fn mutex(&self, resources: &[&str]) -> Result<Arc<Admission>, Error> {
         let keys = self.keys_for(resources)?;
-        let name = resources.first().copied().unwrap_or_default();
-        Ok(Arc::new(Admission::set(keys, self.inner.fencing, name)))
+        Ok(Arc::new(Admission::set(keys, self.inner.fencing)))
     }
 
     /// Runs `work` while holding `resource`: acquires it (as

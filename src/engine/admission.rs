@@ -23,8 +23,6 @@ pub(crate) struct Admission {
     /// Keys whose release channel the lock's release announces on too,
     /// besides its own keys' (waiters on a set of holders).
     pub(crate) also_announce: Option<Keys>,
-    /// The name as the caller gave it, for [`Error::NameInUse`](crate::Error::NameInUse).
-    pub(crate) name: Arc<str>,
 }
 
 /// How a node admits the asker.
@@ -36,11 +34,14 @@ pub(crate) enum Rule {
     /// fence's counter key, if any) and the arguments `token`, TTL in ms,
     /// then `args`. It answers `{status, value}`: status `1` admitted
     /// (value: the fence counter read, `0` without fencing), `0` held, a
-    /// negative status a name used otherwise (see [`crate::claim`]).
+    /// negative status a name used otherwise (see [`crate::claim`]),
+    /// reported as [`Error::NameInUse`](crate::Error::NameInUse) for `name`,
+    /// the name as the caller gave it.
     Script {
         script: &'static Script,
         keys: Vec<Arc<str>>,
         args: Vec<String>,
+        name: Arc<str>,
     },
 }
 
@@ -66,7 +67,7 @@ pub(crate) enum Step {
 impl Admission {
     /// A mutex on `keys`: `SET NX PX`, with a counter per key when
     /// `fencing`.
-    pub(crate) fn set(keys: Keys, fencing: bool, name: &str) -> Self {
+    pub(crate) fn set(keys: Keys, fencing: bool) -> Self {
         let fence = fencing.then(|| Fence {
             keys: keys.iter().map(|k| fence_key(k)).collect(),
             step: Step::Next,
@@ -77,7 +78,6 @@ impl Admission {
             fence,
             companions: None,
             also_announce: None,
-            name: Arc::from(name),
         }
     }
 
@@ -93,11 +93,11 @@ impl Admission {
                 script,
                 keys: script_keys,
                 args,
+                name: name.clone(),
             },
             fence: None,
             companions: None,
             also_announce: None,
-            name: name.clone(),
         }
     }
 

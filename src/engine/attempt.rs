@@ -90,7 +90,12 @@ async fn ask(
                 .await;
             (reply, counter, None)
         }
-        (Rule::Script { script, keys, args }, fence) => {
+        (
+            Rule::Script {
+                script, keys, args, ..
+            },
+            fence,
+        ) => {
             let fenced = fence.is_some();
             let (reply, status) = match prepared {
                 Some(eval) => node.admit(script, eval, fenced).await,
@@ -147,7 +152,9 @@ async fn ballot(
         Rule::Set => admission
             .plain_key()
             .map(|key| set_nx_px_cmd(key, &token, plan.ttl_ms, true)),
-        Rule::Script { script, keys, args } => {
+        Rule::Script {
+            script, keys, args, ..
+        } => {
             let fence_keys = admission.fence.as_ref().map_or(&[][..], |f| &f.keys[..]);
             Some(admit_cmd(
                 script,
@@ -260,12 +267,15 @@ async fn ballot(
         }
         (Err(error), _, _) => error,
         (_, Some(Decision::Won), None) => Error::ValidityExhausted { elapsed, ttl },
-        _ => match in_use.as_ref().and_then(|found| *crate::link::lock(found)) {
-            Some(found) => Error::NameInUse {
-                name: admission.name.to_string(),
+        _ => match (
+            &admission.rule,
+            in_use.as_ref().and_then(|f| *crate::link::lock(f)),
+        ) {
+            (Rule::Script { name, .. }, Some(found)) => Error::NameInUse {
+                name: name.to_string(),
                 found,
             },
-            None => tally.error(),
+            _ => tally.error(),
         },
     };
     // Released in the background: the caller can retry at once.
