@@ -319,6 +319,8 @@ async fn library_round(lib: &Redlock, run: Duration) -> usize {
                             }
                         }
                         Err(e) => {
+                            // BENCH_WHY=1: what the nodes hold now, the task's
+                            // previous token shown as LAST.
                             let seen = match std::env::var_os("BENCH_WHY") {
                                 Some(_) => match lib.inspect(&key).await {
                                     Ok(i) => format!("{:?}", i.nodes()).replace(&last, "LAST"),
@@ -326,7 +328,7 @@ async fn library_round(lib: &Redlock, run: Duration) -> usize {
                                 },
                                 None => String::new(),
                             };
-                            failed(&format!("{e:?} last={last} {seen}"));
+                            failed(&format!("{e:?} {seen}"));
                         }
                     }
                 }

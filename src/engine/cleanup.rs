@@ -8,11 +8,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::{FutureExt, Stream, StreamExt};
+use futures::{Future, FutureExt, Stream, StreamExt};
 
 use super::{health_limit, Inner, Keys};
 use crate::backoff::Backoff;
 use crate::error::FailureKind;
+use crate::fanout::Fanout;
 use crate::quorum::{Reply, Tally};
 
 /// Calls still in flight, each yielding its node index and reply.
@@ -128,9 +129,7 @@ impl Cleanup {
             // caller that retries at once must find its SETs queued behind
             // them on each node's connection, or its own leftover key
             // votes against it.
-            let also = self.also_announce.clone().unwrap_or_else(|| Arc::from([]));
-            let announce = self.announce.then_some(&also);
-            let mut calls = self.inner.release_calls(&self.keys, &self.token, announce);
+            let mut calls = self.release_calls();
             let start = tokio::time::Instant::now();
             let mut early = Vec::new();
             while let Some(Some(reply)) = calls.next().now_or_never() {
@@ -147,6 +146,14 @@ impl Cleanup {
                 drop(running);
             });
         }
+    }
+
+    /// The compare-and-delete of our keys on every node, announced as this
+    /// clean-up says; sent when first polled.
+    fn release_calls(&self) -> Fanout<impl Future<Output = (usize, Reply)> + Send + 'static> {
+        let also = self.also_announce.clone().unwrap_or_else(|| Arc::from([]));
+        let announce = self.announce.then_some(&also);
+        self.inner.release_calls(&self.keys, &self.token, announce)
     }
 
     /// Reads replies that are already in; `true` when nothing is left.
@@ -183,9 +190,10 @@ impl Cleanup {
                 let (tally, leftover) = match self.sent.take() {
                     Some((start, calls)) => inner.gather_release(start, calls).await,
                     None => {
-                        let also = self.also_announce.clone().unwrap_or_else(|| Arc::from([]));
-                        let announce = self.announce.then_some(&also);
-                        inner.release_quorum(&keys, &token, announce).await
+                        let calls = self.release_calls();
+                        inner
+                            .gather_release(tokio::time::Instant::now(), calls)
+                            .await
                     }
                 };
                 // Calls still out are in `leftover`; these failed outright.
